@@ -1,0 +1,68 @@
+# Shared helpers for rbdgw's shell tests. Source it first:
+#   source "$RBDGW_SOURCE_DIR/tests/lib/functions.sh"
+# Conventions (after nbdkit's tests): `requires CMD...` skips (exit 77) when
+# a tool is missing; `cleanup_fn CMD...` registers cleanup run on any exit;
+# every test works in its own $TEST_TMP, removed at the end.
+set -euo pipefail
+
+: "${RBDGW_SOURCE_DIR:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+: "${RBDGW_BUILD_DIR:=$RBDGW_SOURCE_DIR/build}"
+: "${RBDGW_PLUGIN:=$RBDGW_BUILD_DIR/nbdkit-plugin/rbd/nbdkit-rbd-plugin.so}"
+: "${RBDGW_FILTER:=$RBDGW_BUILD_DIR/nbdkit-plugin/luks2/nbdkit-luks2-filter.so}"
+export RBDGW_SOURCE_DIR RBDGW_BUILD_DIR RBDGW_PLUGIN RBDGW_FILTER
+
+TEST_NAME=$(basename "$0" .sh)
+TEST_TMP=$(mktemp -d "/tmp/rbdgw-$TEST_NAME.XXXXXX")
+chmod 0700 "$TEST_TMP"
+
+_cleanup_fns=()
+cleanup_fn() { _cleanup_fns+=("$*"); }
+_run_cleanup() {
+  local rc=$? i
+  for ((i = ${#_cleanup_fns[@]} - 1; i >= 0; i--)); do
+    eval "${_cleanup_fns[$i]}" >/dev/null 2>&1 || true
+  done
+  rm -rf "$TEST_TMP"
+  exit $rc
+}
+trap _run_cleanup EXIT
+trap 'exit 130' INT TERM
+
+requires() {
+  if ! "$@" >/dev/null 2>&1; then
+    echo "$TEST_NAME: SKIP: requirement not met: $*"
+    exit 77
+  fi
+}
+
+fail() { echo "$TEST_NAME: FAIL: $*" >&2; exit 1; }
+pass() { echo "$TEST_NAME: ok: $*"; }
+
+# A unique name for images etc.
+unique() { echo "${1:-t}-$$-$RANDOM"; }
+
+# rbd CLI against the test cluster ($CEPH_CONF).
+rbd_cli() { rbd -c "$CEPH_CONF" "$@"; }
+
+# start_nbdkit SOCKVAR PIDVAR nbdkit-args...: starts nbdkit on a unix socket
+# in $TEST_TMP, waits until it serves, registers its cleanup.
+start_nbdkit() {
+  local __sockvar=$1 __pidvar=$2; shift 2
+  local sock pidf
+  sock="$TEST_TMP/nbd-$RANDOM.sock"
+  pidf="$TEST_TMP/nbdkit-$RANDOM.pid"
+  nbdkit -U "$sock" -P "$pidf" "$@" || return 1
+  local i
+  for ((i = 0; i < 300; i++)); do
+    [ -s "$pidf" ] && [ -S "$sock" ] && break
+    sleep 0.1
+  done
+  [ -s "$pidf" ] || { echo "start_nbdkit: nbdkit did not start: $*" >&2; return 1; }
+  local pid; pid=$(cat "$pidf")
+  cleanup_fn "kill $pid; for _ in \$(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; kill -9 $pid"
+  printf -v "$__sockvar" '%s' "$sock"
+  printf -v "$__pidvar" '%s' "$pid"
+}
+
+# nbd URI for a unix socket.
+nbd_uri() { echo "nbd+unix:///?socket=$1"; }
