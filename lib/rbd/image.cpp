@@ -1,5 +1,6 @@
 #include "rbd/image.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <sstream>
@@ -172,7 +173,8 @@ std::optional<std::string> Image::get_meta(const std::string& key) const {
   while ((r = rbd_metadata_get(h_, key.c_str(), v.data(), &len)) == -ERANGE) v.resize(len);
   if (r == -ENOENT) return std::nullopt;
   check(r, "rbd_metadata_get", cat(spec_, " key '", key, "'"));
-  v.resize(len > 0 && v[len - 1] == '\0' ? len - 1 : len);
+  // librbd copies a NUL-terminated value and leaves len unchanged on success.
+  v.resize(::strnlen(v.data(), std::min(len, v.size())));
   return v;
 }
 

@@ -1,0 +1,128 @@
+#include "kms/config.hpp"
+
+#include <cerrno>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.hpp"
+#include "common/log.hpp"
+#include "kms/secrets_kms.hpp"
+
+namespace rbdgw::kms {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr const char* type_key = "encryptionKMSType";
+constexpr const char* legacy_type_key = "KMS_PROVIDER";
+constexpr const char* file_key = "passphraseFile";
+constexpr const char* secret_name_key = "secretName";
+constexpr const char* secret_namespace_key = "secretNamespace";
+
+std::string where(const std::string& id) { return cat("KMS '", id, "'"); }
+
+// The string value of key, or "" when absent; Error when not a string.
+std::string string_key(const std::string& id, const json& entry, const char* key) {
+  auto it = entry.find(key);
+  if (it == entry.end()) return {};
+  if (!it->is_string())
+    throw Error(EINVAL, cat(where(id), ": key '", key, "' must be a string, not ", it->type_name()));
+  return it->get<std::string>();
+}
+
+SecretBuffer passphrase_for(const std::string& id, const json& entry, const Secrets& secrets) {
+  std::string file = string_key(id, entry, file_key);
+  if (!file.empty()) {
+    try {
+      return read_secret_file(file, true);
+    } catch (const Error& e) {
+      throw Error(e.code(), cat(where(id), ": key '", file_key, "': ", e.what()));
+    }
+  }
+  if (auto it = secrets.find(passphrase_secret_key); it != secrets.end())
+    return SecretBuffer(it->second);
+  std::string secret_name = string_key(id, entry, secret_name_key);
+  std::string secret_ns = string_key(id, entry, secret_namespace_key);
+  if (!secret_name.empty())
+    throw Error(EINVAL, cat(where(id), ": key '", secret_name_key, "' names the Kubernetes Secret ",
+                            secret_ns.empty() ? "" : secret_ns + "/", secret_name,
+                            ", which rbdgw cannot read (no Kubernetes API): put '",
+                            passphrase_secret_key, "' in the request's secrets or set '",
+                            file_key, "'"));
+  throw Error(EINVAL, cat(where(id), ": missing secret '", passphrase_secret_key,
+                          "' (in the request's secrets, or a file named by '", file_key, "')"));
+}
+
+}  // namespace
+
+KMSConfig::KMSConfig() : doc_(std::make_shared<const json>(json::object())) {}
+
+KMSConfig KMSConfig::parse(std::string_view text, std::string_view source) {
+  json doc;
+  try {
+    doc = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw Error(EINVAL, cat(source, ": not valid JSON: ", e.what()));
+  }
+  if (!doc.is_object())
+    throw Error(EINVAL, cat(source, ": must be a JSON object keyed by KMS ID, not ",
+                            doc.type_name()));
+  KMSConfig c;
+  c.doc_ = std::make_shared<const json>(std::move(doc));
+  c.source_ = source;
+  return c;
+}
+
+KMSConfig KMSConfig::load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw_errno("open KMS config", path, errno);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return parse(ss.str(), path);
+}
+
+std::vector<std::string> KMSConfig::ids() const {
+  std::vector<std::string> out;
+  for (auto it = doc_->begin(); it != doc_->end(); ++it) out.push_back(it.key());
+  return out;
+}
+
+std::shared_ptr<EncryptionKMS> KMSConfig::build(const std::string& kms_id,
+                                                const Secrets& secrets) const {
+  const std::string id = kms_id.empty() ? default_kms_id : kms_id;
+  auto it = doc_->find(id);
+  if (it == doc_->end()) {
+    if (id == default_kms_id) return make_default_kms(id, passphrase_for(id, json::object(), secrets));
+    std::string known;
+    for (const auto& k : ids()) known += (known.empty() ? "" : ", ") + k;
+    throw Error(ENOENT, cat(where(id), ": not in ", source_, " (known: ",
+                            known.empty() ? "none" : known, ")"));
+  }
+  json entry = *it;
+  if (entry.is_string()) {  // csi-kms-connection-details form
+    entry = json::parse(entry.get<std::string>(), nullptr, false);
+    if (entry.is_discarded())
+      throw Error(EINVAL, cat(where(id), ": entry in ", source_, " is a string but not JSON"));
+  }
+  if (!entry.is_object())
+    throw Error(EINVAL, cat(where(id), ": entry in ", source_, " must be an object, not ",
+                            entry.type_name()));
+  std::string type = string_key(id, entry, type_key);
+  if (type.empty()) type = string_key(id, entry, legacy_type_key);
+  if (type.empty()) throw Error(EINVAL, cat(where(id), ": missing key '", type_key, "'"));
+
+  std::shared_ptr<EncryptionKMS> kms;
+  if (type == "metadata")
+    kms = make_metadata_kms(id, passphrase_for(id, entry, secrets));
+  else if (type == default_kms_id)
+    kms = make_default_kms(id, passphrase_for(id, entry, secrets));
+  else
+    throw Error(EINVAL, cat(where(id), ": key '", type_key, "': unsupported KMS type '", type,
+                            "' (supported: metadata, default)"));
+  log::debug(where(id), ": type '", type, "' ready");
+  return kms;
+}
+
+}  // namespace rbdgw::kms
