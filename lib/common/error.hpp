@@ -48,4 +48,13 @@ inline int check(int r, std::string_view call, std::string_view object) {
   return r;
 }
 
+// The errno and message of the exception being handled, for mapping errors
+// at an edge. Call only inside a catch block. rbdgw::Error keeps its code,
+// std::system_error its errno, std::bad_alloc is ENOMEM, anything else EIO.
+struct ErrorReport {
+  int code;
+  std::string message;
+};
+ErrorReport current_error() noexcept;
+
 }  // namespace rbdgw

@@ -48,20 +48,17 @@ rbd_cli() { rbd -c "$CEPH_CONF" "$@"; }
 # in $TEST_TMP, waits until it serves, registers its cleanup.
 start_nbdkit() {
   local __sockvar=$1 __pidvar=$2; shift 2
-  local sock pidf
-  sock="$TEST_TMP/nbd-$RANDOM.sock"
-  pidf="$TEST_TMP/nbdkit-$RANDOM.pid"
-  nbdkit -U "$sock" -P "$pidf" "$@" || return 1
-  local i
-  for ((i = 0; i < 300; i++)); do
-    [ -s "$pidf" ] && [ -S "$sock" ] && break
+  local __s="$TEST_TMP/nbd-$RANDOM.sock" __p="$TEST_TMP/nbdkit-$RANDOM.pid" __i __pid
+  nbdkit -U "$__s" -P "$__p" "$@" || return 1
+  for ((__i = 0; __i < 300; __i++)); do
+    [ -s "$__p" ] && [ -S "$__s" ] && break
     sleep 0.1
   done
-  [ -s "$pidf" ] || { echo "start_nbdkit: nbdkit did not start: $*" >&2; return 1; }
-  local pid; pid=$(cat "$pidf")
-  cleanup_fn "kill $pid; for _ in \$(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; kill -9 $pid"
-  printf -v "$__sockvar" '%s' "$sock"
-  printf -v "$__pidvar" '%s' "$pid"
+  [ -s "$__p" ] || { echo "start_nbdkit: nbdkit did not start: $*" >&2; return 1; }
+  __pid=$(cat "$__p")
+  cleanup_fn "kill $__pid; for _ in \$(seq 50); do kill -0 $__pid 2>/dev/null || break; sleep 0.1; done; kill -9 $__pid"
+  printf -v "$__sockvar" '%s' "$__s"
+  printf -v "$__pidvar" '%s' "$__pid"
 }
 
 # nbd URI for a unix socket.

@@ -1,0 +1,55 @@
+// ExportConfig: the parameters of one served RBD image, as the `rbd` nbdkit
+// plugin (and anything else that serves an image) takes them as key=value
+// pairs:
+//
+//   [image=]pool[/ns]/image[@snap]  conf=FILE  id=USER  keyring=FILE
+//   key=SECRET  mon_host=ADDRS  timeout=SECONDS  ceph.OPTION=VALUE
+//   encryption-format=luks1|luks2  encryption-passphrase=SECRET
+//
+// Secret values (is_secret_key) never arrive as plain strings: the caller
+// reads them (nbdkit_read_password) and hands over a SecretBuffer.
+//
+// Thread safety: a plain value type; configure it from one thread.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "crypto/secret.hpp"
+#include "rbd/cluster.hpp"
+#include "rbd/encryption.hpp"
+#include "rbd/spec.hpp"
+
+namespace rbdgw::rbd {
+
+struct ExportConfig {
+  std::optional<ImageSpec> spec;
+  ClusterOptions cluster;
+  std::optional<EncryptionFormat> encryption;
+  SecretBuffer passphrase;
+
+  // True for keys whose value is a secret ("key", "encryption-passphrase").
+  static bool is_secret_key(std::string_view key);
+
+  // Applies one non-secret key=value. Throws Error(EINVAL) naming the key
+  // for an unknown key, a secret key, a repeated key or a malformed value;
+  // the configuration is unchanged then.
+  void set(std::string_view key, std::string_view value);
+
+  // Applies a secret key (is_secret_key); throws Error(EINVAL) otherwise or
+  // when the key was already given.
+  void set_secret(std::string_view key, SecretBuffer value);
+
+  // Checks the rules across parameters (an image is given; a passphrase
+  // exactly when an encryption format is; keyring and key exclusive).
+  // Throws Error(EINVAL) naming the parameters.
+  void validate() const;
+};
+
+// Connects to the cluster, opens the image (read-only for a snapshot or
+// with read_only) and loads its encryption when configured. Throws
+// rbdgw::Error naming the cluster, pool, image or passphrase problem.
+Image open_export(const ExportConfig& c, bool read_only = false);
+
+}  // namespace rbdgw::rbd
