@@ -30,9 +30,10 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   nlohmann-json3-dev
   # attaching and filesystems
-  fuse3 e2fsprogs xfsprogs util-linux kmod nbd-client
+  fuse3 libfuse3-dev e2fsprogs xfsprogs util-linux kmod nbd-client
   # tests
   libgtest-dev libgmock-dev python3 python3-cryptography python3-yaml jq
+  parted  # partition tables for lib/luks probe() tests
   # benchmarks and peers
   libbenchmark-dev fio qemu-utils qemu-block-extra
   # Debian package build
