@@ -1,0 +1,511 @@
+// attach(), detach(), status(), readopt(): the staging transaction.
+//
+// Every step is recorded in the stash before/after it is done, so that a
+// failure (or a crash of the caller) is undone by detach() from the stash.
+#include "attach/attach.hpp"
+
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "attach/keyring.hpp"
+#include "attach/process.hpp"
+#include "common/error.hpp"
+#include "common/log.hpp"
+#include "luks/probe.hpp"
+#include "luks/volume.hpp"
+#include "luks/volume_format.hpp"
+#include "rbd/image.hpp"
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+namespace rbdgw::attach {
+namespace {
+
+constexpr const char* kPassphrase = "passphrase";
+constexpr const char* kCephx = "cephx";
+constexpr std::size_t kProbeBytes = 1 << 20;
+// Fixed descriptor numbers of the secrets in the gateway.
+constexpr int kKeyFd = 3;
+constexpr int kPassphraseFd = 4;
+
+void progress(const AttachOptions& o, const std::string& msg) {
+  if (o.progress) o.progress(msg);
+  log::debug(msg);
+}
+
+// Undoes octal escapes of /proc/self/mountinfo ("\040" for a space).
+std::string unescape_mount_path(const std::string& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size()) {
+      out += static_cast<char>(std::stoi(s.substr(i + 1, 3), nullptr, 8));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+bool is_mountpoint(const std::string& path) {
+  if (path.empty()) return false;
+  std::error_code ec;
+  const std::string want = fs::weakly_canonical(path, ec).string();
+  std::ifstream f("/proc/self/mountinfo");
+  for (std::string line; std::getline(f, line);) {
+    std::istringstream ls(line);
+    std::string id, parent, devno, root, mnt;
+    if (ls >> id >> parent >> devno >> root >> mnt && unescape_mount_path(mnt) == want) return true;
+  }
+  return false;
+}
+
+std::string log_tail(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string s = ss.str();
+  if (s.size() > 600) s = "..." + s.substr(s.size() - 600);
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s.empty() ? "(no output)" : s;
+}
+
+// Waits until ready() or the process died or the timeout passed.
+template <typename F>
+void wait_ready(const ProcessRef& p, const std::string& what, const std::string& log_path,
+                std::chrono::seconds timeout, F ready) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!ready()) {
+    if (!alive(p)) throw Error(EIO, cat(what, " exited; its log: ", log_tail(log_path)));
+    if (std::chrono::steady_clock::now() > deadline)
+      throw Error(ETIMEDOUT, cat(what, " not ready after ", timeout.count(), " s; its log: ",
+                                 log_tail(log_path)));
+    std::this_thread::sleep_for(50ms);
+  }
+}
+
+// Starts the gateway for s on s.socket, with the secrets on fds 3 and 4.
+void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
+                   const SecretBuffer* passphrase, std::chrono::seconds timeout) {
+  const std::string pidfile = s.run_dir + "/nbdkit.pid";
+  ::unlink(s.socket.c_str());
+  ::unlink(pidfile.c_str());
+  GatewayArgs a{s.socket, pidfile, s.image, s.conf_file, s.mon_host, s.user_id, s.keyring,
+                -1, -1, s.read_only};
+  std::vector<PassFd> pass;
+  std::vector<int> fds;
+  struct Closer {
+    std::vector<int>& v;
+    ~Closer() { for (int fd : v) ::close(fd); }
+  } closer{fds};
+  if (cephx_key) {
+    fds.push_back(secret_pipe(*cephx_key));
+    pass.push_back({fds.back(), kKeyFd});
+    a.key_fd = kKeyFd;
+  }
+  if (passphrase) {
+    fds.push_back(secret_pipe(*passphrase));
+    pass.push_back({fds.back(), kPassphraseFd});
+    a.passphrase_fd = kPassphraseFd;
+  }
+  s.gateway = spawn_detached(gateway_argv(tools, a), s.gateway_log, pass);
+  wait_ready(s.gateway, cat("gateway for ", s.image), s.gateway_log, timeout, [&] {
+    struct stat st;
+    return ::stat(pidfile.c_str(), &st) == 0 && st.st_size > 0 &&
+           ::stat(s.socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+  });
+}
+
+// Whether any extent of the image was ever written (librbd's allocation
+// map), so that data past the first MiB also keeps mkfs away.
+bool image_has_data(const rbd::Image& img) {
+  auto found = [](uint64_t, size_t, int exists, void*) -> int { return exists ? -EEXIST : 0; };
+  int r = rbd_diff_iterate2(img.handle(), nullptr, 0, img.size(), 1, 1, found, nullptr);
+  if (r == -EEXIST) return true;
+  check(r, "rbd_diff_iterate2", img.spec());
+  return false;
+}
+
+// The stash's cluster connection, with the cephx key from the keyring.
+rbd::ClusterOptions cluster_options(const Stash& s, const std::optional<SecretBuffer>& key) {
+  rbd::ClusterOptions c;
+  c.conf_file = s.conf_file;
+  c.mon_host = s.mon_host;
+  c.id = s.user_id;
+  c.keyring = s.keyring;
+  if (key) c.key = key->clone();
+  return c;
+}
+
+// The address of the one RADOS client other than ours watching the image
+// (the gateway), waiting up to `timeout` for it; empty if there is not
+// exactly one.
+std::string gateway_client(const rbd::ClusterOptions& c, const rbd::ImageSpec& spec,
+                           std::chrono::milliseconds timeout) {
+  auto cluster = rbd::Cluster::connect(c);
+  auto img = rbd::Image::open(cluster, spec, rbd::Image::Mode::read_only);
+  const auto self = static_cast<std::int64_t>(rados_get_instance_id(cluster.handle()));
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    std::vector<rbd_image_watcher_t> w(8);
+    std::size_t n = w.size();
+    int r = rbd_watchers_list(img.handle(), w.data(), &n);
+    if (r == -ERANGE) {
+      w.resize(n);
+      r = rbd_watchers_list(img.handle(), w.data(), &n);
+    }
+    check(r, "rbd_watchers_list", img.spec());
+    std::vector<std::string> others;
+    for (std::size_t i = 0; i < n; ++i)
+      if (w[i].id != self) others.emplace_back(w[i].addr);
+    rbd_watchers_list_cleanup(w.data(), n);
+    if (others.size() == 1) return others[0];
+    if (others.size() > 1 || std::chrono::steady_clock::now() > deadline) return {};
+    std::this_thread::sleep_for(50ms);
+  }
+}
+
+// Breaks the exclusive lock of the image if the dead gateway `client` holds
+// it (librbd blocklists that client), so the new gateway need not wait for
+// the dead one's watch to time out. Only our own dead client is fenced.
+void fence_dead_gateway(const rbd::ClusterOptions& c, const rbd::ImageSpec& spec,
+                        const std::string& client) {
+  if (client.empty()) return;
+  auto cluster = rbd::Cluster::connect(c);
+  auto img = rbd::Image::open(cluster, spec);
+  rbd_lock_mode_t mode;
+  std::vector<char*> owners(8);
+  std::size_t n = owners.size();
+  int r = rbd_lock_get_owners(img.handle(), &mode, owners.data(), &n);
+  if (r == -ENOENT) return;  // no lock held
+  check(r, "rbd_lock_get_owners", img.spec());
+  bool ours = false;
+  for (std::size_t i = 0; i < n; ++i) ours = ours || client == owners[i];
+  rbd_lock_get_owners_cleanup(owners.data(), n);
+  if (!ours) return;
+  log::info(img.spec(), ": breaking the exclusive lock of the dead gateway ", client);
+  r = rbd_lock_break(img.handle(), RBD_LOCK_MODE_EXCLUSIVE, client.c_str());
+  if (r < 0 && r != -ENOENT) check(r, "rbd_lock_break", img.spec());
+}
+
+struct ImageState {
+  bool has_data = false;  // unencrypted volume: written somewhere
+  bool fresh = false;     // encrypted volume: LUKS2 made, no filesystem yet
+};
+
+// Checks the image and formats an encrypted volume on its first attach.
+// fresh: the volume's plaintext holds no data yet (formatted now, or by an
+// attach that did not finish), so mkfs may run although it is not zero.
+ImageState inspect_image(const Volume& v, const AttachOptions& o) {
+  using kms::EncryptionState;
+  const std::string obj = v.image.str();
+  auto cluster = rbd::Cluster::connect(v.cluster);
+  auto img = rbd::Image::open(cluster, v.image,
+                              v.read_only ? rbd::Image::Mode::read_only : rbd::Image::Mode::read_write);
+  const EncryptionState state = kms::get_state(img);
+  if (!v.encrypted) {
+    if (state != EncryptionState::none)
+      throw Error(EINVAL, cat(obj, ": the volume is tagged '", kms::state_value(state),
+                              "'; attach it as encrypted, with its passphrase"));
+    return {image_has_data(img), false};
+  }
+  const std::uint64_t size = img.size();
+  const luks::Reader read = [&](std::span<std::uint8_t> buf, std::uint64_t off) {
+    const std::size_t n = off >= size ? 0 : std::min<std::uint64_t>(buf.size(), size - off);
+    img.read(off, buf.data(), n);
+    return n;
+  };
+  // Checked here (one key derivation) so that a wrong passphrase is a clear
+  // EPERM rather than a gateway that serves nothing.
+  const auto check_passphrase = [&] {
+    progress(o, cat("checking the passphrase of ", obj));
+    luks::unlock(read, obj, v.passphrase);
+  };
+  if (state == EncryptionState::encrypted) {
+    check_passphrase();
+    return {};
+  }
+  // A LUKS2 header already there: made by `rbdgw format` or an attach that
+  // stopped before the filesystem (tagged: fresh), or, untagged, a LUKS2
+  // volume made elsewhere that opens as it is.
+  const bool tagged = state != EncryptionState::none;
+  std::vector<std::uint8_t> first(4096);
+  first.resize(read(first, 0));
+  if (luks::probe(first).content == luks::Content::luks2) {
+    check_passphrase();
+    return {false, tagged};
+  }
+  if (v.read_only) throw Error(EROFS, cat(obj, ": a new encrypted volume cannot be attached read-only"));
+  progress(o, cat("formatting ", obj, " as LUKS2"));
+  luks::format_image(img, v.passphrase, o.luks_format, tagged);
+  if (!tagged) kms::set_state(img, EncryptionState::prepared);
+  return {false, true};
+}
+
+// After the first filesystem (or first raw attach) of a formatted volume.
+void mark_encrypted(const Volume& v) {
+  auto cluster = rbd::Cluster::connect(v.cluster);
+  auto img = rbd::Image::open(cluster, v.image);
+  kms::set_state(img, kms::EncryptionState::encrypted);
+}
+
+// Makes the filesystem when the device is blank (or fresh), else checks
+// that it holds one of the requested type.
+void ensure_filesystem(const Stash& s, const ImageState& image, const AttachOptions& o) {
+  std::vector<std::uint8_t> first(kProbeBytes);
+  int fd = ::open(s.device.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_errno("open", s.device, errno);
+  ssize_t n = ::pread(fd, first.data(), first.size(), 0);
+  int e = errno;
+  ::close(fd);
+  if (n < 0) throw_errno("read", s.device, e);
+  first.resize(static_cast<std::size_t>(n));
+  const auto found = luks::probe(first);
+  if ((found.content == luks::Content::blank && !image.has_data) || image.fresh) {
+    if (s.read_only) throw Error(EROFS, cat(s.image, ": blank, and read-only: cannot make a filesystem"));
+    progress(o, cat("making an ", s.fstype, " filesystem on ", s.device, " (", s.image, ")"));
+    run_checked(mkfs_argv(s.fstype, s.device));
+    return;
+  }
+  const CommandResult r = run_command({"blkid", "-p", "-s", "TYPE", "-o", "value", s.device});
+  std::string type = r.out.substr(0, r.out.find('\n'));
+  if (type == s.fstype) return;
+  const std::string what = !type.empty() ? type + " filesystem"
+                           : found.content == luks::Content::blank ? "data past its first MiB"
+                                                                    : std::string(found.signature);
+  throw Error(EEXIST, cat(s.image, ": holds ", what,
+                          ", not ", s.fstype, "; refusing to format a volume that holds data"));
+}
+
+// The loop device's backing file, empty when it has none.
+std::string loop_backing_file(const std::string& loop) {
+  std::ifstream f(cat("/sys/block/", fs::path(loop).filename().string(), "/loop/backing_file"));
+  std::string p;
+  std::getline(f, p);
+  return p;
+}
+
+}  // namespace
+
+bool VolumeStatus::healthy() const {
+  return gateway_alive && (stash.mode == Mode::kernel || fuse_alive) && (stash.block || mounted);
+}
+
+VolumeStatus status(const Stash& s) {
+  VolumeStatus st;
+  st.stash = s;
+  st.gateway_alive = alive(s.gateway);
+  st.fuse_alive = s.mode == Mode::userspace && alive(s.fuse) && is_mountpoint(s.fuse_file);
+  st.mounted = !s.block && is_mountpoint(s.target);
+  return st;
+}
+
+Stash attach(const Volume& v, const AttachOptions& o) {
+  validate_volume_id(v.id);
+  if (o.stash_path.empty()) throw Error(EINVAL, cat("attach ", v.id, ": no stash path given"));
+  if (v.encrypted && v.passphrase.empty())
+    throw Error(EINVAL, cat("attach ", v.id, ": encrypted volume without a passphrase"));
+  if (!v.block) {
+    mkfs_argv(v.fstype, "-");  // validates the fstype
+    if (v.target.empty() || v.target[0] != '/')
+      throw Error(EINVAL, cat("attach ", v.id, ": target '", v.target, "' is not an absolute path"));
+    if (!fs::is_directory(v.target))
+      throw Error(ENOENT, cat("attach ", v.id, ": target ", v.target, " is not a directory"));
+  }
+  const Mode mode = choose_mode(o.attach, o.root);
+
+  if (fs::exists(o.stash_path)) {
+    Stash old = load_stash(o.stash_path);
+    if (old.volume_id != v.id)
+      throw Error(EBUSY, cat("stash ", o.stash_path, " belongs to volume ", old.volume_id, ", not ", v.id));
+    if (old.complete) {
+      if (old.block != v.block || (!v.block && old.target != v.target))
+        throw Error(EBUSY, cat("volume ", v.id, " is already attached at ",
+                               old.block ? old.device : old.target));
+      readopt(o.stash_path, o);
+      return load_stash(o.stash_path);
+    }
+    progress(o, cat("undoing an interrupted attach of ", v.id));
+    detach(o.stash_path);
+  }
+
+  Stash s;
+  s.volume_id = v.id;
+  s.mode = mode;
+  s.image = v.image.str();
+  s.conf_file = v.cluster.conf_file;
+  s.mon_host = v.cluster.mon_host;
+  s.user_id = v.cluster.id;
+  s.keyring = v.cluster.keyring;
+  s.cephx_key_in_keyring = !v.cluster.key.empty();
+  s.encrypted = v.encrypted;
+  s.block = v.block;
+  s.read_only = v.read_only;
+  s.fstype = v.block ? "" : v.fstype;
+  s.mount_options = v.mount_options;
+  s.run_dir = o.run_dir.empty() ? cat(kRunRoot, "/", v.id) : o.run_dir;
+  s.socket = s.run_dir + "/nbd.sock";
+  s.gateway_log = s.run_dir + "/gateway.log";
+  s.target = v.block ? "" : v.target;
+
+  const std::string owner = s.run_dir + "/owner";
+  if (fs::exists(owner)) {
+    std::ifstream f(owner);
+    std::string other;
+    std::getline(f, other);
+    if (other != o.stash_path && fs::exists(other))
+      throw Error(EBUSY, cat("volume ", v.id, " is already attached (stash ", other, ")"));
+  }
+  if (!v.block && is_mountpoint(v.target))
+    throw Error(EBUSY, cat("attach ", v.id, ": target ", v.target, " is already a mount point"));
+
+  const ImageState image = inspect_image(v, o);
+
+  const auto save = [&] { save_stash(s, o.stash_path); };
+  try {
+    fs::create_directories(fs::path(s.run_dir).parent_path());
+    if (::mkdir(s.run_dir.c_str(), 0700) < 0 && errno != EEXIST) throw_errno("mkdir", s.run_dir, errno);
+    ::chmod(s.run_dir.c_str(), 0700);
+    save();
+    std::ofstream(owner) << o.stash_path << "\n";
+
+    // Userspace: the gateway decrypts (luks2 filter); kernel: dm-crypt does.
+    const bool gateway_decrypts = v.encrypted && mode == Mode::userspace;
+    if (gateway_decrypts) keyring_store(v.id, kPassphrase, v.passphrase);
+    if (s.cephx_key_in_keyring) keyring_store(v.id, kCephx, v.cluster.key);
+    progress(o, cat("starting the gateway for ", s.image));
+    start_gateway(s, o.tools, s.cephx_key_in_keyring ? &v.cluster.key : nullptr,
+                  gateway_decrypts ? &v.passphrase : nullptr, o.timeout);
+    save();
+
+    if (mode == Mode::userspace) {
+      s.fuse_file = s.run_dir + "/disk";
+      std::ofstream(s.fuse_file).close();
+      ::chmod(s.fuse_file.c_str(), 0600);
+      s.fuse = spawn_detached(fuse_argv(o.tools, s.socket, s.fuse_file, "rbdgw:" + v.id, v.read_only),
+                              s.run_dir + "/fuse.log");
+      save();
+      wait_ready(s.fuse, "FUSE exporter", s.run_dir + "/fuse.log", o.timeout,
+                 [&] { return is_mountpoint(s.fuse_file); });
+      std::vector<std::string> losetup = {"losetup", "--find", "--show", "--direct-io=off"};
+      if (v.read_only) losetup.push_back("--read-only");
+      losetup.push_back(s.fuse_file);
+      std::string dev = run_checked(losetup);
+      s.loop_device = dev.substr(0, dev.find('\n'));
+      s.device = s.loop_device;
+      save();
+    } else {
+      s.nbd_device = find_free_nbd(o.root);
+      save();  // detach disconnects it only if connected
+      run_checked(nbd_client_argv(s.socket, s.nbd_device));
+      s.device = s.nbd_device;
+      save();
+      if (v.encrypted) {
+        s.mapper_name = "luks-" + v.id;
+        save();
+        progress(o, cat("opening ", s.nbd_device, " with dm-crypt as ", s.mapper_name));
+        s.device = luks::LuksOpen(s.nbd_device, s.mapper_name, v.passphrase,
+                                  {.read_only = v.read_only, .allow_discards = true});
+        save();
+      }
+    }
+
+    if (!v.read_only) {
+      s.gateway_client = gateway_client(v.cluster, v.image, 2s);
+      save();
+    }
+    if (!v.block) {
+      ensure_filesystem(s, image, o);
+      progress(o, cat("mounting ", s.device, " on ", s.target));
+      if (::mount(s.device.c_str(), s.target.c_str(), s.fstype.c_str(),
+                  v.read_only ? MS_RDONLY : 0,
+                  s.mount_options.empty() ? nullptr : s.mount_options.c_str()) < 0)
+        throw_errno("mount", cat(s.device, " on ", s.target), errno);
+      s.mounted = true;
+      save();
+    }
+    if (image.fresh) mark_encrypted(v);
+    s.complete = true;
+    save();
+    return s;
+  } catch (...) {
+    try {
+      detach(o.stash_path);
+    } catch (const std::exception& e) {
+      log::error("undoing the attach of ", v.id, ": ", e.what());
+    }
+    throw;
+  }
+}
+
+void detach(const std::string& stash_path) {
+  if (!fs::exists(stash_path)) return;
+  Stash s = load_stash(stash_path);
+  if (!s.target.empty() && is_mountpoint(s.target) && (s.mounted || !s.complete)) {
+    if (::umount2(s.target.c_str(), 0) < 0 && errno != EINVAL && errno != ENOENT)
+      throw_errno("umount", s.target, errno);
+  }
+  s.mounted = false;
+  save_stash(s, stash_path);
+
+  if (!s.mapper_name.empty() && luks::device_mapper_available()) luks::LuksClose(s.mapper_name);
+  if (!s.nbd_device.empty() &&
+      fs::exists(cat("/sys/block/", fs::path(s.nbd_device).filename().string(), "/pid")))
+    run_checked({"nbd-client", "-d", s.nbd_device});
+  if (!s.loop_device.empty() && !s.fuse_file.empty() && loop_backing_file(s.loop_device) == s.fuse_file)
+    run_checked({"losetup", "--detach", s.loop_device});
+  if (!s.fuse_file.empty()) {
+    // The loop device may let go of the file a moment after losetup -d.
+    for (int i = 0; is_mountpoint(s.fuse_file); ++i) {
+      const CommandResult r = run_command({"fusermount3", "-u", s.fuse_file});
+      if (r.status == 0) break;
+      if (i == 100) throw Error(EBUSY, cat("fusermount3 -u ", s.fuse_file, ": ", r.err));
+      std::this_thread::sleep_for(50ms);
+    }
+    stop_process(s.fuse, 5s);
+  }
+  stop_process(s.gateway, 10s);
+  keyring_remove(s.volume_id, kPassphrase);
+  keyring_remove(s.volume_id, kCephx);
+  std::error_code ec;
+  if (!s.run_dir.empty()) fs::remove_all(s.run_dir, ec);
+  if (ec) throw Error(ec.value(), cat("remove ", s.run_dir, ": ", ec.message()));
+  if (::unlink(stash_path.c_str()) < 0 && errno != ENOENT) throw_errno("unlink", stash_path, errno);
+}
+
+VolumeStatus readopt(const std::string& stash_path, const AttachOptions& o) {
+  Stash s = load_stash(stash_path);
+  if (!s.complete)
+    throw Error(EIO, cat("volume ", s.volume_id, ": its attach was interrupted; detach it and attach again"));
+  if (!alive(s.gateway)) {
+    std::optional<SecretBuffer> pass, key;
+    if (s.encrypted && s.mode == Mode::userspace && !(pass = keyring_load(s.volume_id, kPassphrase)))
+      throw Error(ENOKEY, cat("volume ", s.volume_id, ": passphrase not in the kernel keyring; "
+                              "detach it and attach again"));
+    if (s.cephx_key_in_keyring && !(key = keyring_load(s.volume_id, kCephx)))
+      throw Error(ENOKEY, cat("volume ", s.volume_id, ": cephx key not in the kernel keyring; "
+                              "detach it and attach again"));
+    progress(o, cat("restarting the gateway for ", s.image, " (volume ", s.volume_id, ")"));
+    const auto cluster = cluster_options(s, key);
+    const auto spec = rbd::ImageSpec::parse(s.image);
+    fence_dead_gateway(cluster, spec, s.gateway_client);
+    start_gateway(s, o.tools, key ? &*key : nullptr, pass ? &*pass : nullptr, o.timeout);
+    if (!s.read_only) s.gateway_client = gateway_client(cluster, spec, 5s);
+    save_stash(s, stash_path);
+  }
+  VolumeStatus st = status(s);
+  if (s.mode == Mode::userspace && !st.fuse_alive)
+    throw Error(EIO, cat("volume ", s.volume_id, ": its FUSE exporter died; "
+                         "detach it and attach again"));
+  return st;
+}
+
+}  // namespace rbdgw::attach

@@ -1,0 +1,272 @@
+#include "attach/process.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/close_range.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <thread>
+
+#include "common/error.hpp"
+
+extern char** environ;
+
+namespace rbdgw::attach {
+namespace {
+
+// Closes an fd on scope exit.
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f = -1) : fd(f) {}
+  ~Fd() { if (fd >= 0) ::close(fd); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+};
+
+// argv[0] as an absolute path (PATH search done here, not after fork).
+std::string resolve(const std::string& prog) {
+  if (prog.find('/') != std::string::npos) return prog;
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path ? path : "/usr/sbin:/usr/bin:/sbin:/bin");
+  for (std::string d; std::getline(dirs, d, ':');) {
+    std::string p = (d.empty() ? "." : d) + "/" + prog;
+    if (::access(p.c_str(), X_OK) == 0) return p;
+  }
+  throw Error(ENOENT, cat(prog, ": command not found in PATH"));
+}
+
+std::vector<char*> c_argv(const std::vector<std::string>& argv) {
+  std::vector<char*> v;
+  for (const auto& a : argv) v.push_back(const_cast<char*>(a.c_str()));
+  v.push_back(nullptr);
+  return v;
+}
+
+bool read_full(int fd, void* buf, size_t n) {
+  auto* p = static_cast<char*>(buf);
+  while (n > 0) {
+    ssize_t r = ::read(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+void write_full(int fd, const void* buf, size_t n) {
+  auto* p = static_cast<const char*>(buf);
+  while (n > 0) {
+    ssize_t r = ::write(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+}
+
+}  // namespace
+
+ProcessRef spawn_detached(const std::vector<std::string>& argv, const std::string& log_path,
+                          const std::vector<PassFd>& pass) {
+  if (argv.empty()) throw Error(EINVAL, "spawn: empty command");
+  const std::string exe = resolve(argv[0]);
+  auto args = c_argv(argv);
+  Fd log(::open(log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
+  if (log.fd < 0) throw_errno("open", log_path, errno);
+  Fd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (devnull.fd < 0) throw_errno("open", "/dev/null", errno);
+  // Move passed fds out of the way of the target numbers.
+  std::vector<std::unique_ptr<Fd>> high;
+  for (const auto& p : pass) {
+    int h = ::fcntl(p.fd, F_DUPFD_CLOEXEC, 100);
+    if (h < 0) throw_errno("fcntl(F_DUPFD)", argv[0], errno);
+    high.push_back(std::make_unique<Fd>(h));
+  }
+  int rep[2];
+  if (::pipe2(rep, O_CLOEXEC) < 0) throw_errno("pipe2", argv[0], errno);
+  Fd rd(rep[0]);
+  Fd wr(rep[1]);
+
+  pid_t child = ::fork();
+  if (child < 0) throw_errno("fork", argv[0], errno);
+  if (child == 0) {
+    // Only async-signal-safe calls from here on.
+    ::setsid();
+    ::signal(SIGHUP, SIG_IGN);
+    pid_t gc = ::fork();
+    if (gc != 0) {
+      int v = gc < 0 ? -errno : gc;
+      write_full(wr.fd, &v, sizeof v);
+      ::_exit(gc < 0 ? 1 : 0);
+    }
+    ::signal(SIGHUP, SIG_DFL);
+    ::dup2(devnull.fd, 0);
+    ::dup2(log.fd, 1);
+    ::dup2(log.fd, 2);
+    ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
+    for (size_t i = 0; i < pass.size(); ++i) ::dup2(high[i]->fd, pass[i].target);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::execve(exe.c_str(), args.data(), environ);
+    int e = errno;
+    write_full(wr.fd, &e, sizeof e);
+    ::_exit(127);
+  }
+  ::close(wr.fd);
+  wr.fd = -1;
+  int status;
+  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+  int v = 0;
+  if (!read_full(rd.fd, &v, sizeof v) || v < 0)
+    throw_errno("fork", argv[0], v < 0 ? -v : EIO);
+  ProcessRef ref{static_cast<pid_t>(v), 0};
+  int exec_err = 0;
+  if (read_full(rd.fd, &exec_err, sizeof exec_err)) throw_errno("execve", exe, exec_err);
+  ref.start_time = process_start_time(ref.pid);
+  if (ref.start_time == 0) throw Error(ESRCH, cat(argv[0], ": exited at once; see ", log_path));
+  return ref;
+}
+
+CommandResult run_command(const std::vector<std::string>& argv) {
+  if (argv.empty()) throw Error(EINVAL, "run: empty command");
+  const std::string exe = resolve(argv[0]);
+  auto args = c_argv(argv);
+  int out[2], err[2];
+  if (::pipe2(out, O_CLOEXEC) < 0) throw_errno("pipe2", argv[0], errno);
+  Fd out_r(out[0]), out_w(out[1]);
+  if (::pipe2(err, O_CLOEXEC) < 0) throw_errno("pipe2", argv[0], errno);
+  Fd err_r(err[0]), err_w(err[1]);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, out_w.fd, 1);
+  posix_spawn_file_actions_adddup2(&fa, err_w.fd, 2);
+  pid_t pid;
+  int r = ::posix_spawn(&pid, exe.c_str(), &fa, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (r != 0) throw_errno("posix_spawn", exe, r);
+  ::close(out_w.fd);
+  out_w.fd = -1;
+  ::close(err_w.fd);
+  err_w.fd = -1;
+
+  CommandResult res;
+  pollfd fds[2] = {{out_r.fd, POLLIN, 0}, {err_r.fd, POLLIN, 0}};
+  std::string* bufs[2] = {&res.out, &res.err};
+  int open_fds = 2;
+  char buf[4096];
+  while (open_fds > 0) {
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
+      if (n > 0) {
+        bufs[i]->append(buf, static_cast<size_t>(n));
+      } else if (n == 0 || errno != EINTR) {
+        fds[i].fd = -1;
+        --open_fds;
+      }
+    }
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+  res.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return res;
+}
+
+std::string run_checked(const std::vector<std::string>& argv) {
+  CommandResult r = run_command(argv);
+  if (r.status != 0) {
+    std::string msg = r.err.empty() ? r.out : r.err;
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+    throw Error(EIO, cat(argv[0], " failed (status ", r.status, "): ", msg));
+  }
+  return r.out;
+}
+
+namespace {
+// State letter and start time from /proc/<pid>/stat; false if absent.
+bool proc_stat(pid_t pid, char& state, std::uint64_t& start) {
+  std::ifstream f(cat("/proc/", pid, "/stat"));
+  std::string line;
+  if (pid <= 0 || !std::getline(f, line)) return false;
+  auto close_paren = line.rfind(')');
+  if (close_paren == std::string::npos) return false;
+  std::istringstream rest(line.substr(close_paren + 2));
+  std::string field;
+  // Fields 3.. follow; starttime is field 22.
+  for (int i = 3; i <= 22 && rest >> field; ++i) {
+    if (i == 3) state = field[0];
+    if (i == 22) {
+      start = std::stoull(field);
+      return true;
+    }
+  }
+  return false;
+}
+}  // namespace
+
+std::uint64_t process_start_time(pid_t pid) {
+  char state = 0;
+  std::uint64_t start = 0;
+  return proc_stat(pid, state, start) ? start : 0;
+}
+
+bool alive(const ProcessRef& p) {
+  char state = 0;
+  std::uint64_t start = 0;
+  if (p.pid <= 0 || !proc_stat(p.pid, state, start)) return false;
+  return start == p.start_time && state != 'Z' && state != 'X';
+}
+
+void stop_process(const ProcessRef& p, std::chrono::milliseconds grace) {
+  using namespace std::chrono_literals;
+  auto wait_gone = [&](std::chrono::milliseconds limit) {
+    for (auto waited = 0ms; waited < limit; waited += 20ms) {
+      if (!alive(p)) return true;
+      std::this_thread::sleep_for(20ms);
+    }
+    return !alive(p);
+  };
+  if (!alive(p)) return;
+  ::kill(p.pid, SIGTERM);
+  if (wait_gone(grace)) return;
+  ::kill(p.pid, SIGKILL);
+  if (!wait_gone(10s)) throw Error(EBUSY, cat("kill: process ", p.pid, " did not exit"));
+}
+
+int secret_pipe(const SecretBuffer& secret) {
+  if (secret.size() > 65536) throw Error(EINVAL, "secret_pipe: secret larger than a pipe buffer");
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) < 0) throw_errno("pipe2", "secret", errno);
+  Fd wr(p[1]);
+  size_t done = 0;
+  while (done < secret.size()) {
+    ssize_t n = ::write(wr.fd, secret.data() + done, secret.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      ::close(p[0]);
+      throw_errno("write", "secret pipe", e);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return p[0];
+}
+
+}  // namespace rbdgw::attach

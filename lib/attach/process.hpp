@@ -1,0 +1,48 @@
+// Child processes for lib/attach: detached daemons and short commands.
+//
+// Thread safety: all functions are thread-safe (fork/exec only
+// async-signal-safe calls between fork and exec).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "attach/attach.hpp"
+
+namespace rbdgw::attach {
+
+// A descriptor handed to the child as fd number `target` (3, 4, ...).
+struct PassFd {
+  int fd;
+  int target;
+};
+
+// Starts argv[0] (searched in PATH) as a daemon that outlives the caller:
+// double fork, new session, stdin /dev/null, stdout+stderr appended to
+// log_path, only the `pass` descriptors inherited. Returns its identity.
+// Throws Error when the program cannot be started.
+ProcessRef spawn_detached(const std::vector<std::string>& argv, const std::string& log_path,
+                          const std::vector<PassFd>& pass = {});
+
+struct CommandResult {
+  int status = 0;  // exit status, or 128+signal
+  std::string out, err;
+};
+// Runs argv to completion (stdin /dev/null), capturing stdout and stderr.
+CommandResult run_command(const std::vector<std::string>& argv);
+// Like run_command, but throws Error(EIO) "argv0: <stderr>" on a non-zero exit.
+std::string run_checked(const std::vector<std::string>& argv);
+
+// /proc/<pid>/stat start time, 0 if the process does not exist.
+std::uint64_t process_start_time(pid_t pid);
+// The process exists, is not a zombie, and has the recorded start time.
+bool alive(const ProcessRef& p);
+// SIGTERM, wait up to grace, then SIGKILL and wait. No-op when not alive.
+void stop_process(const ProcessRef& p, std::chrono::milliseconds grace);
+
+// A pipe whose read end carries `secret` (written, write end closed). The read
+// end is close-on-exec; hand it over with PassFd. Throws Error.
+int secret_pipe(const SecretBuffer& secret);
+
+}  // namespace rbdgw::attach

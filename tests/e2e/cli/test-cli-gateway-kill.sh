@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# kill -9 of a volume's gateway under a mounted filesystem, with a write in
+# flight: `rbdgw reattach` (and `rbdgw map` of the mapped volume) restart it
+# on the same socket without unmounting; the FUSE exporter reconnects, the
+# write completes, fsck is clean after unmap and the data is intact.
+source "$RBDGW_SOURCE_DIR/tests/lib/functions.sh"
+source "$RBDGW_SOURCE_DIR/tests/e2e/cli/cli-functions.sh"
+
+new_image img 256M
+mnt="$TEST_TMP/mnt"
+mkdir "$mnt"
+stash="$RUN_ROOT/rbd.$img/stash.json"
+gateway_pid() { jq -r .gateway.pid "$stash"; }
+
+cli map "rbd/$img" --conf "$CEPH_CONF" --mount "$mnt" --attach userspace >/dev/null
+head -c 8M /dev/urandom >"$TEST_TMP/a"
+head -c 40M /dev/urandom >"$TEST_TMP/b"
+cp "$TEST_TMP/a" "$mnt/a"
+sync
+
+# A write in flight while the gateway dies.
+( cp "$TEST_TMP/b" "$mnt/b" && sync -f "$mnt/b" && touch "$TEST_TMP/writer-ok" ) &
+writer=$!
+cleanup_fn "kill $writer"
+old=$(gateway_pid)
+kill -9 "$old"
+expect_status 1 cli status "rbd/$img"
+grep -q "gateway-dead" "$TEST_TMP/out" || fail "status does not report the dead gateway"
+
+cli reattach >"$TEST_TMP/reattach" 2>"$TEST_TMP/reattach.err"
+grep -q "ok" "$TEST_TMP/reattach" || fail "reattach did not report ok: $(cat "$TEST_TMP/reattach")"
+# The dead gateway's exclusive lock is broken at once (no wait for its watch
+# to time out).
+grep -q "breaking the exclusive lock of the dead gateway" "$TEST_TMP/reattach.err" ||
+  fail "reattach did not fence the dead gateway: $(cat "$TEST_TMP/reattach.err")"
+[ "$(gateway_pid)" != "$old" ] || fail "gateway pid unchanged after reattach"
+wait "$writer" || fail "the write in flight failed"
+[ -e "$TEST_TMP/writer-ok" ] || fail "the write in flight did not finish"
+findmnt -n "$mnt" >/dev/null || fail "$mnt was unmounted"
+grep -q "reconnected" "$RUN_ROOT/rbd.$img/fuse.log" || fail "exporter log shows no reconnect"
+pass "gateway killed under a write, re-attached, write completed"
+
+# Once more, repaired by `rbdgw map` of the mapped volume.
+kill -9 "$(gateway_pid)"
+[ "$(cli map "rbd/$img" --conf "$CEPH_CONF" --mount "$mnt" --attach userspace)" = "$mnt" ] ||
+  fail "map of a mapped volume did not print its mount point"
+cli status "rbd/$img" >/dev/null || fail "volume not healthy after map re-adopted it"
+echo after >"$mnt/c"
+sync
+
+cli unmap "rbd/$img"
+assert_clean
+dev=$(cli map "rbd/$img" --conf "$CEPH_CONF" --attach userspace)
+fsck.ext4 -fn "$dev" >"$TEST_TMP/fsck" 2>&1 || { cat "$TEST_TMP/fsck" >&2; fail "fsck not clean"; }
+cli unmap "$dev"
+cli map "rbd/$img" --conf "$CEPH_CONF" --mount "$mnt" --attach userspace >/dev/null
+cmp "$TEST_TMP/a" "$mnt/a" || fail "file a differs"
+cmp "$TEST_TMP/b" "$mnt/b" || fail "file b (written across the kill) differs"
+[ "$(cat "$mnt/c")" = after ] || fail "file c differs"
+cli unmap "$mnt"
+assert_clean
+pass "fsck clean, data intact, nothing left behind"

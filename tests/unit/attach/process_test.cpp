@@ -1,0 +1,145 @@
+// lib/attach internals against the real kernel: detached children with a
+// secret on a descriptor, short commands, and the kernel keyring.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "attach/keyring.hpp"
+#include "attach/process.hpp"
+#include "common/error.hpp"
+
+namespace fs = std::filesystem;
+using namespace rbdgw;
+using namespace rbdgw::attach;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Waits until the file has content (the child wrote it).
+std::string wait_for(const fs::path& p) {
+  for (int i = 0; i < 200 && (!fs::exists(p) || fs::file_size(p) == 0); ++i)
+    std::this_thread::sleep_for(25ms);
+  return slurp(p);
+}
+
+// Field n (1-based) of /proc/<pid>/stat.
+std::string stat_field(pid_t pid, int n) {
+  std::string s = slurp(fs::path("/proc") / std::to_string(pid) / "stat");
+  std::istringstream rest(s.substr(s.rfind(')') + 2));
+  std::string f;
+  for (int i = 3; i <= n; ++i) rest >> f;
+  return f;
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string t = (fs::temp_directory_path() / "rbdgw-process-test.XXXXXX").string();
+    path = ::mkdtemp(t.data());
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+}  // namespace
+
+TEST(SpawnDetached, SecretOnlyOnTheDescriptorAndTheChildOutlivesUs) {
+  TempDir d;
+  const SecretBuffer secret(std::string_view("s3cret-passphrase"));
+  int fd = secret_pipe(secret);
+  const std::string script =
+      "cat <&3 > " + (d.path / "got").string() + "; echo to-the-log; exec sleep 60";
+  const ProcessRef p =
+      spawn_detached({"sh", "-c", script}, (d.path / "log").string(), {{fd, 3}});
+  ::close(fd);
+  struct Stop {
+    ProcessRef p;
+    ~Stop() { stop_process(p, 1s); }
+  } stop{p};
+
+  EXPECT_EQ(wait_for(d.path / "got"), "s3cret-passphrase");
+  EXPECT_NE(wait_for(d.path / "log").find("to-the-log"), std::string::npos);
+  // Exactly stdin/out/err and the secret's descriptor were inherited
+  // (looked at once the shell has exec'd sleep).
+  const fs::path proc = fs::path("/proc") / std::to_string(p.pid);
+  for (int i = 0; i < 200 && !slurp(proc / "cmdline").starts_with("sleep"); ++i)
+    std::this_thread::sleep_for(25ms);
+  std::set<std::string> fds;
+  for (const auto& e : fs::directory_iterator(proc / "fd")) fds.insert(e.path().filename());
+  EXPECT_EQ(fds, (std::set<std::string>{"0", "1", "2", "3"}));
+  EXPECT_TRUE(alive(p));
+  EXPECT_NE(stat_field(p.pid, 4), std::to_string(::getpid()));     // not our child
+  EXPECT_NE(stat_field(p.pid, 6), std::to_string(::getsid(0)));    // another session
+  // Neither argv nor the environment carry the secret.
+  EXPECT_EQ(slurp(fs::path("/proc") / std::to_string(p.pid) / "cmdline").find("s3cret"), std::string::npos);
+  EXPECT_EQ(slurp(fs::path("/proc") / std::to_string(p.pid) / "environ").find("s3cret"), std::string::npos);
+  // The log is private.
+  EXPECT_EQ(fs::status(d.path / "log").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+
+  stop_process(p, 1s);
+  EXPECT_FALSE(alive(p));
+}
+
+TEST(SpawnDetached, MissingProgramIsENOENT) {
+  TempDir d;
+  try {
+    spawn_detached({"rbdgw-no-such-program"}, (d.path / "log").string());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ENOENT);
+    EXPECT_NE(std::string(e.what()).find("rbdgw-no-such-program"), std::string::npos);
+  }
+}
+
+TEST(Alive, PidReuseIsNotMistakenForOurProcess) {
+  ProcessRef self{::getpid(), process_start_time(::getpid())};
+  EXPECT_TRUE(alive(self));
+  ProcessRef other = self;
+  other.start_time += 1;  // same pid, another start time
+  EXPECT_FALSE(alive(other));
+  EXPECT_FALSE(alive({0, 0}));
+  stop_process(other, 10ms);  // not ours: must not signal us
+  EXPECT_TRUE(alive(self));
+}
+
+TEST(RunCommand, CapturesOutputErrorsAndStatus) {
+  const CommandResult r = run_command({"sh", "-c", "echo out; echo err >&2; exit 3"});
+  EXPECT_EQ(r.status, 3);
+  EXPECT_EQ(r.out, "out\n");
+  EXPECT_EQ(r.err, "err\n");
+  EXPECT_EQ(run_checked({"echo", "hi"}), "hi\n");
+  try {
+    run_checked({"sh", "-c", "echo it broke >&2; exit 1"});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("it broke"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Keyring, StoreLoadReplaceRemove) {
+  const std::string vol = "unit-test-" + std::to_string(::getpid());
+  EXPECT_FALSE(keyring_load(vol, "passphrase").has_value());
+  keyring_store(vol, "passphrase", SecretBuffer(std::string_view("first")));
+  auto got = keyring_load(vol, "passphrase");
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->view(), "first");
+  keyring_store(vol, "passphrase", SecretBuffer(std::string_view("second")));
+  EXPECT_EQ(keyring_load(vol, "passphrase")->view(), "second");
+  EXPECT_FALSE(keyring_load(vol, "cephx").has_value());
+  keyring_remove(vol, "passphrase");
+  EXPECT_FALSE(keyring_load(vol, "passphrase").has_value());
+  keyring_remove(vol, "passphrase");  // absent: fine
+}
