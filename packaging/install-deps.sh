@@ -37,7 +37,7 @@ packages=(
   # benchmarks and peers
   libbenchmark-dev fio qemu-utils qemu-block-extra
   # Debian package build
-  debhelper dpkg-dev fakeroot
+  debhelper dpkg-dev fakeroot man-db  # man-db: man -l in the packaging test
 )
 if [ "$want_vm" = 1 ]; then
   packages+=(qemu-system-x86 linux-image-amd64 busybox-static cpio)

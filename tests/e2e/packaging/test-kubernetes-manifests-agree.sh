@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The Kubernetes manifests (packaging/kubernetes/) agree with each other and
+# with rbdgw-csi: check_manifests.py checks names, socket paths, mounts,
+# secrets and RBAC; then the binaries judge what they read:
+#   - each StorageClass's parameters go through rbdgw-csi's own parser
+#     (check-sc-params, built from csi/config.cpp);
+#   - rbdgw-csi is started with the exact args of the node DaemonSet and of
+#     the controller Deployment, in a scratch copy of each container's file
+#     view (the ConfigMaps as mounted files), and must come up serving on
+#     the socket the sidecars use.
+# Negative controls show each kind of check can fail.
+source "$(dirname "$0")/../../lib/functions.sh"
+requires python3 -c 'import yaml'
+: "${RBDGW_CSI:=$RBDGW_BUILD_DIR/csi-shim/rbdgw-csi}"
+: "${RBDGW_CHECK_SC_PARAMS:=$RBDGW_BUILD_DIR/tests/e2e/packaging/check-sc-params}"
+: "${RBDGW_VERSION:=$(sed -n 's/^project(rbdgw VERSION \([0-9.]*\).*/\1/p' "$RBDGW_SOURCE_DIR/CMakeLists.txt")}"
+[ -x "$RBDGW_CSI" ] || fail "$RBDGW_CSI is not built"
+[ -x "$RBDGW_CHECK_SC_PARAMS" ] || fail "$RBDGW_CHECK_SC_PARAMS is not built"
+manifests=$RBDGW_SOURCE_DIR/packaging/kubernetes
+checker=$(dirname "$0")/check_manifests.py
+
+# The driver name rbdgw-csi uses without --driver-name, from the binary.
+default_driver=$("$RBDGW_CSI" --help | sed -n 's/.*--driver-name NAME .*(default \([^)]*\)).*/\1/p')
+[ -n "$default_driver" ] || fail "cannot read the default driver name from rbdgw-csi --help"
+
+# 1. Structure: names, paths, mounts, secrets, RBAC.
+out=$TEST_TMP/out
+mkdir "$out"
+python3 "$checker" "$manifests" "$out" "$default_driver" "$RBDGW_VERSION" ||
+  fail "the manifests disagree (see above)"
+pass "manifests agree on driver name, socket paths, mounts, secrets, ConfigMaps and RBAC"
+
+# 2. StorageClass parameters through rbdgw-csi's parser.
+n=0
+for f in "$out"/sc-*.params; do
+  mapfile -t kv <"$f"
+  "$RBDGW_CHECK_SC_PARAMS" "${kv[@]}" >/dev/null || fail "rbdgw-csi rejects the parameters of $(basename "$f" .params)"
+  n=$((n + 1))
+done
+[ "$n" -ge 1 ] || fail "no StorageClass parameters were checked"
+pass "rbdgw-csi accepts the parameters of $n StorageClass(es)"
+
+# 3. rbdgw-csi with each workload's real args and ConfigMaps.
+# run_csi NAME ARGV-FILE SOCKET: starts it, waits until it serves, stops it
+# with SIGTERM; returns 0 if it served and exited 0, else prints its log.
+run_csi() {
+  local name=$1 argv_file=$2 sock=$3 log=$TEST_TMP/$1.log pid i rc=0
+  local -a argv
+  mapfile -d '' -t argv <"$argv_file"
+  "$RBDGW_CSI" "${argv[@]}" >"$log" 2>&1 &
+  pid=$!
+  cleanup_fn "kill -9 $pid"
+  for ((i = 0; i < 200; i++)); do
+    [ -S "$sock" ] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ ! -S "$sock" ]; then
+    kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    echo "--- rbdgw-csi ($name) did not serve on $sock:" >&2; cat "$log" >&2
+    return 1
+  fi
+  kill -TERM "$pid"
+  wait "$pid" || rc=$?
+  [ "$rc" = 0 ] || { echo "--- rbdgw-csi ($name) exited $rc after SIGTERM:" >&2; cat "$log" >&2; return 1; }
+  [ ! -e "$sock" ] || { echo "rbdgw-csi ($name) left its socket $sock" >&2; return 1; }
+}
+for argv_file in "$out"/*.argv; do
+  wl=$(basename "$argv_file" .argv)
+  run_csi "$wl" "$argv_file" "$(cat "$out/$wl.socket")" ||
+    fail "rbdgw-csi does not run with the args and ConfigMaps of $wl"
+  pass "rbdgw-csi serves with the args and ConfigMaps of $wl"
+done
+
+# 4. Negative controls: the same checks catch a broken manifest.
+"$RBDGW_CHECK_SC_PARAMS" pool=rbd clusterID=c1 fsType=ext4 2>"$TEST_TMP/neg1" &&
+  fail "check-sc-params accepted an unknown parameter"
+grep -q "unknown parameter 'fsType'" "$TEST_TMP/neg1" || fail "unexpected error: $(cat "$TEST_TMP/neg1")"
+
+bad=$TEST_TMP/bad
+cp -r "$manifests" "$bad"
+sed -i 's|--kubelet-registration-path=/var/lib/kubelet/plugins/[^/]*/csi.sock|--kubelet-registration-path=/var/lib/kubelet/plugins/other/csi.sock|' "$bad/csi-rbdplugin.yaml"
+mkdir "$TEST_TMP/bad-out"
+python3 "$checker" "$bad" "$TEST_TMP/bad-out" "$default_driver" "$RBDGW_VERSION" 2>"$TEST_TMP/neg2" &&
+  fail "a wrong registration path was not noticed"
+grep -q 'kubelet-registration-path' "$TEST_TMP/neg2" || fail "unexpected error: $(cat "$TEST_TMP/neg2")"
+
+node_argv=$(ls "$out"/*nodeplugin*.argv)
+node=$(basename "$node_argv" .argv)
+kms=$(tr '\0' '\n' <"$node_argv" | sed -n 's/^--kms-config=//p')
+[ -f "$kms" ] || fail "no --kms-config in the node plugin's args"
+echo '{"secrets-metadata": {"encryptionKMSTyp": "metadata"}}' >"$kms"
+rm -f "$(cat "$out/$node.socket")"
+run_csi "$node-badkms" "$node_argv" "$(cat "$out/$node.socket")" 2>/dev/null &&
+  fail "rbdgw-csi served with an invalid KMS config"
+grep -q "secrets-metadata.*encryptionKMSType" "$TEST_TMP/$node-badkms.log" || fail "rbdgw-csi's error does not name the bad KMS entry: $(cat "$TEST_TMP/$node-badkms.log")"
+pass "negative controls: unknown parameter, wrong registration path and bad KMS config are caught"
