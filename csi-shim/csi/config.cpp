@@ -1,0 +1,222 @@
+#include "csi/config.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <sstream>
+
+#include "common/error.hpp"
+#include "rbd/image.hpp"
+
+namespace rbdgw::csi {
+
+using nlohmann::json;
+
+std::string ClusterEntry::mon_host() const {
+  std::string s;
+  for (const auto& m : monitors) s += (s.empty() ? "" : ",") + m;
+  return s;
+}
+
+ClusterConfig ClusterConfig::load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw_errno("cluster config", path, errno ? errno : ENOENT);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse(ss.str(), path);
+}
+
+ClusterConfig ClusterConfig::parse(std::string_view text, std::string_view origin) {
+  json doc;
+  try {
+    doc = json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(EINVAL, cat("cluster config ", origin, ": not valid JSON: ", e.what()));
+  }
+  if (!doc.is_array())
+    throw Error(EINVAL, cat("cluster config ", origin, ": expected a JSON array of clusters"));
+  ClusterConfig cfg;
+  for (std::size_t i = 0; i < doc.size(); ++i) {
+    const json& e = doc[i];
+    const std::string where = cat("cluster config ", origin, ": entry ", i);
+    if (!e.is_object()) throw Error(EINVAL, cat(where, ": not an object"));
+    ClusterEntry c;
+    if (!e.contains("clusterID") || !e["clusterID"].is_string() ||
+        e["clusterID"].get<std::string>().empty())
+      throw Error(EINVAL, cat(where, ": missing or empty \"clusterID\""));
+    c.cluster_id = e["clusterID"].get<std::string>();
+    const std::string wid = cat(where, " (clusterID '", c.cluster_id, "')");
+    if (cfg.find(c.cluster_id)) throw Error(EINVAL, cat(wid, ": duplicate clusterID"));
+    if (!e.contains("monitors") || !e["monitors"].is_array() || e["monitors"].empty())
+      throw Error(EINVAL, cat(wid, ": \"monitors\" must be a non-empty array"));
+    for (const json& m : e["monitors"]) {
+      if (!m.is_string() || m.get<std::string>().empty())
+        throw Error(EINVAL, cat(wid, ": \"monitors\" holds a non-string or empty entry"));
+      c.monitors.push_back(m.get<std::string>());
+    }
+    if (e.contains("rbd")) {
+      const json& r = e["rbd"];
+      if (!r.is_object()) throw Error(EINVAL, cat(wid, ": \"rbd\" must be an object"));
+      if (r.contains("radosNamespace")) {
+        if (!r["radosNamespace"].is_string())
+          throw Error(EINVAL, cat(wid, ": \"rbd.radosNamespace\" must be a string"));
+        c.rados_namespace = r["radosNamespace"].get<std::string>();
+      }
+    }
+    cfg.entries_.push_back(std::move(c));
+  }
+  return cfg;
+}
+
+const ClusterEntry* ClusterConfig::find(std::string_view id) const {
+  for (const auto& e : entries_)
+    if (e.cluster_id == id) return &e;
+  return nullptr;
+}
+
+VolumeParams VolumeParams::parse(const StringMap& params) {
+  VolumeParams p;
+  for (const auto& [k, v] : params) {
+    if (k.rfind("csi.storage.k8s.io/", 0) == 0) continue;
+    if (k == "clusterID") p.cluster_id = v;
+    else if (k == "pool") p.pool = v;
+    else if (k == "dataPool") p.data_pool = v;
+    else if (k == "imageFeatures") p.image_features = v;
+    else if (k == "encryptionKMSID") p.kms_id = v;
+    else if (k == "encrypted") {
+      if (v != "true" && v != "false")
+        throw Error(EINVAL, cat("parameter 'encrypted': '", v, "' is not \"true\" or \"false\""));
+      p.encrypted = v == "true";
+    } else if (k == "imageFormat") {
+      if (v != "2") throw Error(EINVAL, cat("parameter 'imageFormat': only \"2\" is supported, not '", v, "'"));
+    } else if (k == "encryptionType") {
+      if (v != "block")
+        throw Error(EINVAL, cat("parameter 'encryptionType': only \"block\" is supported, not '", v, "'"));
+    } else {
+      throw Error(EINVAL, cat("unknown parameter '", k, "'"));
+    }
+  }
+  if (p.cluster_id.empty()) throw Error(EINVAL, "parameter 'clusterID' is missing");
+  if (p.pool.empty()) throw Error(EINVAL, "parameter 'pool' is missing");
+  if (!p.kms_id.empty() && !p.encrypted)
+    throw Error(EINVAL, cat("parameter 'encryptionKMSID' ('", p.kms_id, "') needs encrypted=\"true\""));
+  if (!p.image_features.empty()) rbd::parse_features(p.image_features);  // validates
+  return p;
+}
+
+std::string VolumeParams::canonical() const {
+  return cat("clusterID=", cluster_id, ";pool=", pool, ";dataPool=", data_pool,
+             ";imageFeatures=", image_features, ";encrypted=", encrypted ? "true" : "false",
+             ";encryptionKMSID=", kms_id);
+}
+
+rbd::ClusterOptions cluster_options(const ClusterEntry& cluster, const StringMap& secrets) {
+  auto id = secrets.find("userID");
+  auto key = secrets.find("userKey");
+  if (id == secrets.end() || id->second.empty()) throw Error(EINVAL, "secrets: 'userID' is missing");
+  if (key == secrets.end() || key->second.empty()) throw Error(EINVAL, "secrets: 'userKey' is missing");
+  rbd::ClusterOptions o;
+  o.id = id->second;
+  o.key = SecretBuffer(key->second);
+  o.mon_host = cluster.mon_host();
+  o.connect_timeout = std::chrono::seconds(20);
+  return o;
+}
+
+std::uint64_t size_for_range(std::int64_t required, std::int64_t limit, std::uint64_t default_size) {
+  if (required < 0 || limit < 0)
+    throw Error(ERANGE, cat("capacity range: negative value (required_bytes ", required,
+                            ", limit_bytes ", limit, ")"));
+  if (limit > 0 && limit < required)
+    throw Error(EINVAL, cat("capacity range: limit_bytes ", limit, " < required_bytes ", required));
+  std::uint64_t want = required > 0 ? static_cast<std::uint64_t>(required)
+                                    : (limit > 0 ? std::min<std::uint64_t>(default_size, limit)
+                                                 : default_size);
+  std::uint64_t size = (want + kMiB - 1) / kMiB * kMiB;
+  if (limit > 0 && size > static_cast<std::uint64_t>(limit))
+    throw Error(ERANGE, cat("capacity range: ", want, " bytes rounded up to whole MiB (", size,
+                            ") exceeds limit_bytes ", limit));
+  return size;
+}
+
+}  // namespace rbdgw::csi
+
+namespace rbdgw::csi {
+
+Secrets::~Secrets() {
+  for (auto& [k, v] : map) wipe_string(v);
+}
+
+Options Options::parse(int argc, const char* const* argv, bool& help) {
+  Options o;
+  help = false;
+  const std::pair<const char*, std::string Options::*> flags[] = {
+      {"endpoint", &Options::endpoint},         {"driver-name", &Options::driver_name},
+      {"node-id", &Options::node_id},           {"cluster-config", &Options::cluster_config},
+      {"kms-config", &Options::kms_config},     {"attach", &Options::attach},
+      {"state-dir", &Options::state_dir},       {"allowed-root", &Options::allowed_root},
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "--help" || a == "-h") {
+      help = true;
+      return o;
+    }
+    if (a.substr(0, 2) != "--") throw Error(EINVAL, cat("unexpected argument '", a, "'"));
+    a.remove_prefix(2);
+    std::string name(a), value;
+    bool have_value = false;
+    if (auto eq = a.find('='); eq != std::string_view::npos) {
+      name = std::string(a.substr(0, eq));
+      value = std::string(a.substr(eq + 1));
+      have_value = true;
+    }
+    std::string Options::*field = nullptr;
+    for (const auto& [n, f] : flags)
+      if (name == n) field = f;
+    if (!field) throw Error(EINVAL, cat("unknown option '--", name, "' (see --help)"));
+    if (!have_value) {
+      if (i + 1 >= argc) throw Error(EINVAL, cat("option '--", name, "' needs a value"));
+      value = argv[++i];
+    }
+    o.*field = value;
+  }
+  if (o.endpoint.empty()) throw Error(EINVAL, "--endpoint is required");
+  if (o.cluster_config.empty()) throw Error(EINVAL, "--cluster-config is required");
+  o.socket_path();  // validates
+  if (o.allowed_root.empty() || o.allowed_root.front() != '/')
+    throw Error(EINVAL, cat("--allowed-root '", o.allowed_root, "': not an absolute path"));
+  if (o.state_dir.empty() || o.state_dir.front() != '/')
+    throw Error(EINVAL, cat("--state-dir '", o.state_dir, "': not an absolute path"));
+  if (o.driver_name.empty() || o.driver_name.size() > 63)
+    throw Error(EINVAL, cat("--driver-name '", o.driver_name, "': must be 1..63 characters"));
+  return o;
+}
+
+std::string Options::socket_path() const {
+  constexpr std::string_view scheme = "unix://";
+  if (endpoint.rfind(scheme, 0) != 0 || endpoint.size() <= scheme.size() ||
+      endpoint[scheme.size()] != '/')
+    throw Error(EINVAL, cat("--endpoint '", endpoint, "': expected unix:///absolute/path"));
+  return endpoint.substr(scheme.size());
+}
+
+const char* usage() {
+  return "Usage: rbdgw-csi --endpoint unix:///PATH/csi.sock --cluster-config FILE [options]\n"
+         "\n"
+         "The CSI (v1) service of rbdgw: RBD volumes for nodes without the kernel\n"
+         "rbd/nbd/dm-crypt modules.\n"
+         "\n"
+         "  --endpoint URL         unix socket to serve on (required)\n"
+         "  --cluster-config FILE  ceph-csi style config.json: [{\"clusterID\", \"monitors\",\n"
+         "                         \"rbd\": {\"radosNamespace\"}}] (required)\n"
+         "  --kms-config FILE      ceph-csi-encryption-kms-config JSON (encrypted volumes)\n"
+         "  --driver-name NAME     plugin name (default rbd.gw.csi.rbdgw.io)\n"
+         "  --node-id ID           node ID (default: the host name)\n"
+         "  --attach MODE          auto | kernel | userspace (default auto)\n"
+         "  --state-dir DIR        index of staged volumes (default /var/lib/rbdgw-csi)\n"
+         "  --allowed-root DIR     staging/target paths must be below it\n"
+         "                         (default /var/lib/kubelet)\n";
+}
+
+}  // namespace rbdgw::csi

@@ -1,0 +1,95 @@
+#include "csi/controller_server.hpp"
+
+#include "csi/capability.hpp"
+#include "csi/status.hpp"
+
+namespace rbdgw::csi {
+
+namespace v1 = ::csi::v1;
+
+grpc::Status ControllerServer::CreateVolume(grpc::ServerContext*,
+                                            const v1::CreateVolumeRequest* req,
+                                            v1::CreateVolumeResponse* resp) {
+  return guard("CreateVolume", [&] {
+    require(!req->name().empty(), "name", "missing");
+    require(req->volume_capabilities_size() > 0, "volume_capabilities", "missing");
+    for (int i = 0; i < req->volume_capabilities_size(); ++i)
+      parse_capability(req->volume_capabilities(i), cat("volume_capabilities[", i, "]"));
+    require(!req->has_volume_content_source(), "volume_content_source",
+            "creating from a snapshot or volume is not supported");
+    const VolumeParams params = VolumeParams::parse(
+        StringMap(req->parameters().begin(), req->parameters().end()));
+    Secrets secrets(req->secrets());
+    auto lock = locks_.try_acquire(req->name());
+    CreatedVolume v = controller_.create(req->name(), params,
+                                         req->capacity_range().required_bytes(),
+                                         req->capacity_range().limit_bytes(), secrets.map);
+    auto* vol = resp->mutable_volume();
+    vol->set_volume_id(v.id.str());
+    vol->set_capacity_bytes(static_cast<std::int64_t>(v.size));
+    vol->mutable_volume_context()->insert(v.context.begin(), v.context.end());
+  });
+}
+
+grpc::Status ControllerServer::DeleteVolume(grpc::ServerContext*,
+                                            const v1::DeleteVolumeRequest* req,
+                                            v1::DeleteVolumeResponse*) {
+  return guard("DeleteVolume", [&] {
+    require(!req->volume_id().empty(), "volume_id", "missing");
+    const VolumeId id = VolumeId::parse(req->volume_id());
+    Secrets secrets(req->secrets());
+    auto lock = locks_.try_acquire(req->volume_id());
+    controller_.remove(id, secrets.map);
+  });
+}
+
+grpc::Status ControllerServer::ValidateVolumeCapabilities(
+    grpc::ServerContext*, const v1::ValidateVolumeCapabilitiesRequest* req,
+    v1::ValidateVolumeCapabilitiesResponse* resp) {
+  return guard("ValidateVolumeCapabilities", [&] {
+    require(!req->volume_id().empty(), "volume_id", "missing");
+    require(req->volume_capabilities_size() > 0, "volume_capabilities", "missing");
+    const VolumeId id = VolumeId::parse(req->volume_id());
+    Secrets secrets(req->secrets());
+    controller_.check_exists(id, secrets.map);
+    if (std::string why = unsupported_reason(req->volume_capabilities()); !why.empty()) {
+      resp->set_message(why);
+      return;
+    }
+    auto* c = resp->mutable_confirmed();
+    c->mutable_volume_context()->insert(req->volume_context().begin(), req->volume_context().end());
+    *c->mutable_volume_capabilities() = req->volume_capabilities();
+    c->mutable_parameters()->insert(req->parameters().begin(), req->parameters().end());
+  });
+}
+
+grpc::Status ControllerServer::ControllerGetCapabilities(
+    grpc::ServerContext*, const v1::ControllerGetCapabilitiesRequest*,
+    v1::ControllerGetCapabilitiesResponse* resp) {
+  return guard("ControllerGetCapabilities", [&] {
+    for (auto t : {v1::ControllerServiceCapability::RPC::CREATE_DELETE_VOLUME,
+                   v1::ControllerServiceCapability::RPC::EXPAND_VOLUME})
+      resp->add_capabilities()->mutable_rpc()->set_type(t);
+  });
+}
+
+grpc::Status ControllerServer::ControllerExpandVolume(
+    grpc::ServerContext*, const v1::ControllerExpandVolumeRequest* req,
+    v1::ControllerExpandVolumeResponse* resp) {
+  return guard("ControllerExpandVolume", [&] {
+    require(!req->volume_id().empty(), "volume_id", "missing");
+    require(req->has_capacity_range(), "capacity_range", "missing");
+    const VolumeId id = VolumeId::parse(req->volume_id());
+    bool block = false;
+    if (req->has_volume_capability())
+      block = parse_capability(req->volume_capability(), "volume_capability").block;
+    Secrets secrets(req->secrets());
+    auto lock = locks_.try_acquire(req->volume_id());
+    const std::uint64_t size = controller_.expand(id, req->capacity_range().required_bytes(),
+                                                  req->capacity_range().limit_bytes(), secrets.map);
+    resp->set_capacity_bytes(static_cast<std::int64_t>(size));
+    resp->set_node_expansion_required(!block);
+  });
+}
+
+}  // namespace rbdgw::csi

@@ -1,0 +1,37 @@
+// CSI Controller service: checks arguments (INVALID_ARGUMENT first), takes
+// the per-volume try-lock (ABORTED), then calls Controller.
+//
+// Thread safety: handlers may run concurrently.
+#pragma once
+
+#include "csi.grpc.pb.h"
+#include "csi/controller.hpp"
+#include "csi/volume_locks.hpp"
+
+namespace rbdgw::csi {
+
+class ControllerServer final : public ::csi::v1::Controller::Service {
+ public:
+  ControllerServer(Controller& controller, VolumeLocks& locks)
+      : controller_(controller), locks_(locks) {}
+
+  grpc::Status CreateVolume(grpc::ServerContext*, const ::csi::v1::CreateVolumeRequest*,
+                            ::csi::v1::CreateVolumeResponse*) override;
+  grpc::Status DeleteVolume(grpc::ServerContext*, const ::csi::v1::DeleteVolumeRequest*,
+                            ::csi::v1::DeleteVolumeResponse*) override;
+  grpc::Status ValidateVolumeCapabilities(
+      grpc::ServerContext*, const ::csi::v1::ValidateVolumeCapabilitiesRequest*,
+      ::csi::v1::ValidateVolumeCapabilitiesResponse*) override;
+  grpc::Status ControllerGetCapabilities(grpc::ServerContext*,
+                                         const ::csi::v1::ControllerGetCapabilitiesRequest*,
+                                         ::csi::v1::ControllerGetCapabilitiesResponse*) override;
+  grpc::Status ControllerExpandVolume(grpc::ServerContext*,
+                                      const ::csi::v1::ControllerExpandVolumeRequest*,
+                                      ::csi::v1::ControllerExpandVolumeResponse*) override;
+
+ private:
+  Controller& controller_;
+  VolumeLocks& locks_;
+};
+
+}  // namespace rbdgw::csi

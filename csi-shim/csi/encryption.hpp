@@ -1,0 +1,36 @@
+// The shim's one seam to key management (lib/kms VolumeEncryption): a new
+// DEK for a new encrypted volume, its passphrase for NodeStage, and its
+// removal on DeleteVolume. kms_id "" means the default (no KMS ID given in
+// the StorageClass). KMS configuration comes from --kms-config.
+//
+// Thread safety: functions may run concurrently for different volumes.
+#pragma once
+
+#include <string>
+
+#include "crypto/secret.hpp"
+#include "csi/config.hpp"
+#include "csi/volume_id.hpp"
+#include "rbd/image.hpp"
+
+namespace rbdgw::csi {
+
+// Loads the KMS configuration (ceph-csi-encryption-kms-config JSON) once at
+// start; "" = none. Throws Error naming the file and the bad entry.
+void load_kms_config(const std::string& path);
+
+// Creates and stores the DEK of a new volume and tags the image
+// encryptionPrepared. Idempotent: an existing DEK is kept.
+void prepare_encryption(rbd::Image& image, const VolumeId& id, const std::string& kms_id,
+                        const StringMap& secrets);
+
+// The LUKS passphrase of an encrypted volume. Throws Error (EINVAL unknown
+// KMS ID, EACCES/EPERM wrong secret, ENOENT missing DEK).
+SecretBuffer volume_passphrase(rbd::Image& image, const VolumeId& id, const std::string& kms_id,
+                               const StringMap& secrets);
+
+// Removes the volume's DEK (a missing one is success).
+void remove_encryption(rbd::Image& image, const VolumeId& id, const std::string& kms_id,
+                       const StringMap& secrets);
+
+}  // namespace rbdgw::csi

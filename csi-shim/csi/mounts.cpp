@@ -1,0 +1,66 @@
+#include "csi/mounts.hpp"
+
+#include <sys/mount.h>
+#include <sys/statvfs.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.hpp"
+
+namespace rbdgw::csi {
+
+namespace {
+
+// Undoes mountinfo's octal escapes ("\040" for a space).
+std::string unescape(const std::string& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size()) {
+      out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+bool is_mount_point(const std::string& path) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    std::string id, parent, devno, root, mnt;
+    ls >> id >> parent >> devno >> root >> mnt;
+    if (unescape(mnt) == path) return true;
+  }
+  return false;
+}
+
+bool is_read_only_mount(const std::string& path) {
+  struct statvfs s{};
+  if (::statvfs(path.c_str(), &s) != 0) throw_errno("statvfs", path, errno);
+  return (s.f_flag & ST_RDONLY) != 0;
+}
+
+void bind_mount(const std::string& source, const std::string& target, bool read_only) {
+  if (::mount(source.c_str(), target.c_str(), nullptr, MS_BIND, nullptr) != 0)
+    throw Error(errno, cat("mount --bind ", source, " ", target, ": ", std::strerror(errno)));
+  if (read_only &&
+      ::mount(nullptr, target.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
+    int err = errno;
+    ::umount2(target.c_str(), 0);
+    throw Error(err, cat("remount read-only ", target, ": ", std::strerror(err)));
+  }
+}
+
+void unmount(const std::string& target) {
+  if (::umount2(target.c_str(), 0) != 0)
+    throw Error(errno, cat("umount ", target, ": ", std::strerror(errno)));
+}
+
+}  // namespace rbdgw::csi

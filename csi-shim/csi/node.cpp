@@ -1,0 +1,301 @@
+#include "csi/node.hpp"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "attach/process.hpp"
+#include "common/error.hpp"
+#include "common/log.hpp"
+#include "csi/encryption.hpp"
+#include "csi/mounts.hpp"
+#include "rbd/image.hpp"
+
+namespace fs = std::filesystem;
+
+namespace rbdgw::csi {
+
+namespace {
+
+std::string host_name() {
+  char buf[256] = {0};
+  if (::gethostname(buf, sizeof buf - 1) != 0) throw_errno("gethostname", "", errno);
+  return buf;
+}
+
+std::uint64_t block_device_size(const std::string& dev) {
+  int fd = ::open(dev.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_errno("open", dev, errno);
+  std::uint64_t size = 0;
+  int r = ::ioctl(fd, BLKGETSIZE64, &size);
+  int err = errno;
+  ::close(fd);
+  if (r != 0) throw_errno("ioctl BLKGETSIZE64", dev, err);
+  return size;
+}
+
+std::string value_or(const StringMap& m, const std::string& key, const std::string& def = {}) {
+  auto it = m.find(key);
+  return it == m.end() ? def : it->second;
+}
+
+}  // namespace
+
+Node::Node(const Controller& controller, VolumeLocks& locks, const Options& opt)
+    : controller_(controller),
+      locks_(locks),
+      node_id_(opt.node_id.empty() ? host_name() : opt.node_id),
+      state_dir_(opt.state_dir),
+      allowed_root_(opt.allowed_root),
+      attach_choice_(attach::parse_attach_choice(opt.attach)) {}
+
+std::string Node::index_link(const VolumeId& id) const {
+  return cat(state_dir_, "/volumes/", id.str());
+}
+
+std::optional<std::string> Node::indexed_stash(const VolumeId& id) const {
+  std::error_code ec;
+  fs::path target = fs::read_symlink(index_link(id), ec);
+  if (ec) return std::nullopt;
+  return target.string();
+}
+
+attach::AttachOptions Node::attach_options(const std::string& stash) const {
+  attach::AttachOptions o;
+  o.attach = attach_choice_;
+  o.stash_path = stash;
+  o.tools = attach::Tools::from_environment();
+  o.progress = [](std::string_view m) { log::info(m); };
+  return o;
+}
+
+attach::Stash Node::staged_stash(const VolumeId& id, const std::string& staging) const {
+  const std::string want = stash_path(staging);
+  auto have = indexed_stash(id);
+  if (!have || *have != want || !fs::exists(want))
+    throw Error(EBUSY, cat("volume '", id.str(), "' is not staged at '", staging, "'"));
+  attach::Stash s = attach::load_stash(want);
+  if (!s.complete || s.volume_id != id.str())
+    throw Error(EBUSY, cat("volume '", id.str(), "' is not completely staged at '", staging, "'"));
+  return s;
+}
+
+void Node::stage(const VolumeId& id, const std::string& staging, const Capability& cap,
+                 const StringMap& secrets, const StringMap& context) {
+  const std::string stash = stash_path(staging);
+  if (auto other = indexed_stash(id); other && *other != stash && fs::exists(*other))
+    throw Error(EBUSY, cat("volume '", id.str(), "' is already staged at '",
+                           other->substr(0, other->size() - std::string(".rbdgw.json").size()), "'"));
+  if (!fs::is_directory(staging))
+    throw Error(EINVAL, cat("staging_target_path '", staging, "': not an existing directory"));
+  if (fs::exists(stash)) {
+    attach::Stash s = attach::load_stash(stash);
+    if (s.volume_id != id.str())
+      throw Error(EBUSY, cat("staging_target_path '", staging, "' holds volume '", s.volume_id, "'"));
+    if (s.complete && (s.block != cap.block || s.read_only != cap.read_only ||
+                       (!cap.block && s.fstype != cap.fs_type)))
+      throw Error(EEXIST, cat("volume '", id.str(), "' is staged at '", staging,
+                              "' with another capability (",
+                              s.block ? "block" : s.fstype, s.read_only ? ", read-only" : "", ")"));
+  }
+
+  // Find the volume and its encryption state; ENOENT for unknown volumes.
+  VolumeLocation loc = controller_.locate(id, secrets);
+  attach::Volume v;
+  {
+    rbd::Image img = rbd::Image::open(loc.io, loc.image);
+    v.encrypted = img.get_meta(attach::kEncryptionMetaKey).has_value() ||
+                  value_or(context, "encrypted") == "true";
+    if (v.encrypted) {
+      const std::string kms = img.get_meta(kMetaKmsId).value_or(value_or(context, "encryptionKMSID"));
+      v.passphrase = volume_passphrase(img, id, kms, secrets);
+    }
+  }
+  v.id = id.str();
+  v.cluster = cluster_options(*controller_.clusters().find(id.cluster_id), secrets);
+  v.image = rbd::ImageSpec{loc.io.pool(), loc.io.ns(), loc.image, ""};
+  v.read_only = cap.read_only;
+  v.block = cap.block;
+  if (!cap.block) {
+    v.fstype = cap.fs_type;
+    v.target = staging;
+    v.mount_options = cap.mount_options();
+  }
+
+  // Index first, so that a crash mid-attach is found (and undone) later.
+  const std::string link = index_link(id);
+  fs::create_directories(fs::path(link).parent_path());
+  std::error_code ec;
+  fs::remove(link, ec);
+  fs::create_symlink(stash, link);
+  try {
+    attach::attach(v, attach_options(stash));
+  } catch (...) {
+    if (!fs::exists(stash)) fs::remove(link, ec);
+    throw;
+  }
+  log::info("NodeStageVolume: ", id.str(), " staged at ", staging);
+}
+
+void Node::unstage(const VolumeId& id, const std::string& staging) {
+  const std::string stash = stash_path(staging);
+  std::error_code ec;
+  if (fs::exists(stash)) {
+    attach::Stash s = attach::load_stash(stash);
+    if (s.volume_id != id.str())
+      throw Error(EINVAL, cat("staging_target_path '", staging, "' holds volume '", s.volume_id,
+                              "', not '", id.str(), "'"));
+    attach::detach(stash);
+    log::info("NodeUnstageVolume: ", id.str(), " unstaged from ", staging);
+  }
+  if (indexed_stash(id) == stash) fs::remove(index_link(id), ec);
+}
+
+void Node::publish(const VolumeId& id, const std::string& staging, const std::string& target,
+                   const Capability& cap, bool read_only) {
+  attach::Stash s = staged_stash(id, staging);
+  if (s.block != cap.block)
+    throw Error(EINVAL, cat("volume_capability: ", cap.block ? "block" : "mount",
+                            " access, but the volume is staged for ", s.block ? "block" : "mount"));
+  const bool ro = read_only || cap.read_only || s.read_only;
+  if (is_mount_point(target)) {
+    if (is_read_only_mount(target) != ro)
+      throw Error(EEXIST, cat("target_path '", target, "' is already published ",
+                              ro ? "read-write" : "read-only"));
+    return;
+  }
+  if (cap.block) {
+    fs::create_directories(fs::path(target).parent_path());
+    int fd = ::open(target.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0) throw_errno("create", target, errno);
+    ::close(fd);
+    bind_mount(s.device, target, ro);
+  } else {
+    fs::create_directories(target);
+    bind_mount(staging, target, ro);
+  }
+  log::info("NodePublishVolume: ", id.str(), " at ", target, ro ? " (read-only)" : "");
+}
+
+void Node::unpublish(const VolumeId& id, const std::string& target) {
+  if (is_mount_point(target)) unmount(target);
+  std::error_code ec;
+  fs::remove(target, ec);  // an empty directory or the block target file
+  log::info("NodeUnpublishVolume: ", id.str(), " from ", target);
+}
+
+VolumeStats Node::stats(const VolumeId& id, const std::string& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0)
+    throw Error(ENOENT, cat("volume_path '", path, "' of volume '", id.str(), "' does not exist"));
+  VolumeStats out;
+  if (S_ISBLK(st.st_mode)) {
+    out.block = true;
+    out.total_bytes = static_cast<std::int64_t>(block_device_size(path));
+  } else {
+    if (!is_mount_point(path))
+      throw Error(ENOENT, cat("volume '", id.str(), "' is not mounted at '", path, "'"));
+    struct statvfs v{};
+    if (::statvfs(path.c_str(), &v) != 0) throw_errno("statvfs", path, errno);
+    out.total_bytes = static_cast<std::int64_t>(v.f_blocks * v.f_frsize);
+    out.available_bytes = static_cast<std::int64_t>(v.f_bavail * v.f_frsize);
+    out.used_bytes = static_cast<std::int64_t>((v.f_blocks - v.f_bfree) * v.f_frsize);
+    out.total_inodes = static_cast<std::int64_t>(v.f_files);
+    out.available_inodes = static_cast<std::int64_t>(v.f_favail);
+    out.used_inodes = static_cast<std::int64_t>(v.f_files - v.f_ffree);
+  }
+  out.condition = "healthy";
+  if (auto stash = indexed_stash(id); stash && fs::exists(*stash)) {
+    attach::VolumeStatus vs = attach::status(attach::load_stash(*stash));
+    if (!vs.healthy()) {
+      out.abnormal = true;
+      out.condition = cat("gateway ", vs.gateway_alive ? "up" : "down", ", exporter ",
+                          vs.fuse_alive ? "up" : "down", ", ", vs.mounted ? "mounted" : "not mounted");
+    }
+  }
+  return out;
+}
+
+std::uint64_t Node::expand(const VolumeId& id, const std::string& path, std::uint64_t required) {
+  auto stash = indexed_stash(id);
+  if (!stash || !fs::exists(*stash))
+    throw Error(ENOENT, cat("volume '", id.str(), "' is not staged on this node"));
+  attach::Stash s = attach::load_stash(*stash);
+  if (!s.complete) throw Error(EBUSY, cat("volume '", id.str(), "' is not completely staged"));
+  if (!s.fuse_file.empty()) refresh_userspace_size(s, *stash, required);
+  // Make the block device see the grown image, then grow the filesystem.
+  if (!s.loop_device.empty()) attach::run_checked({"losetup", "-c", s.loop_device});
+  if (!s.block) {
+    if (s.fstype == "xfs") attach::run_checked({"xfs_growfs", s.target});
+    else attach::run_checked({"resize2fs", s.device});
+  }
+  log::info("NodeExpandVolume: ", id.str(), " at ", path);
+  return block_device_size(s.device);
+}
+
+// The gateway reports the image size at connect time and the FUSE exporter
+// refreshes it on every reconnect: restart the gateway (lib/attach's
+// readopt restarts a dead one with the kept secrets), then make the exporter
+// reconnect with a direct read until the file shows the new size.
+// TODO(attach): move into lib/attach as a size refresh.
+void Node::refresh_userspace_size(const attach::Stash& s, const std::string& stash,
+                                  std::uint64_t required) {
+  const std::uint64_t before = fs::file_size(s.fuse_file);
+  if (required > 0 && before >= required) return;
+  if (!s.block) {
+    int fd = ::open(s.target.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+      ::syncfs(fd);
+      ::close(fd);
+    }
+  }
+  attach::stop_process(s.gateway, std::chrono::milliseconds(5000));
+  attach::readopt(stash, attach_options(stash));
+  for (int i = 0; i < 300; ++i) {
+    int fd = ::open(s.fuse_file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      char buf[4096];
+      (void)!::pread(fd, buf, sizeof buf, 0);
+      ::close(fd);
+    }
+    const std::uint64_t now = fs::file_size(s.fuse_file);
+    if (required > 0 ? now >= required : now != before) return;
+    ::usleep(100 * 1000);
+  }
+  log::warn("NodeExpandVolume: ", s.volume_id, ": the exporter still shows ", before, " bytes");
+}
+
+void Node::readopt_all() {
+  const fs::path dir = fs::path(state_dir_) / "volumes";
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::error_code lec;
+    const fs::path stash = fs::read_symlink(e.path(), lec);
+    if (lec) continue;
+    if (!fs::exists(stash)) {
+      log::info("re-adopt: ", e.path().filename().string(), ": no stash any more, forgetting it");
+      fs::remove(e.path(), lec);
+      continue;
+    }
+    try {
+      attach::Stash s = attach::load_stash(stash);
+      if (!s.complete) {
+        log::warn("re-adopt: ", s.volume_id, ": interrupted stage; a retried NodeStageVolume "
+                  "or NodeUnstageVolume finishes it");
+        continue;
+      }
+      attach::VolumeStatus vs = attach::readopt(stash, attach_options(stash));
+      log::info("re-adopt: ", s.volume_id, vs.healthy() ? ": healthy" : ": NOT healthy");
+    } catch (const Error& err) {
+      log::error("re-adopt: ", stash.string(), ": ", err.what());
+    }
+  }
+}
+
+}  // namespace rbdgw::csi

@@ -1,0 +1,697 @@
+// rbdgw-csi end to end: our own gRPC client (the generated stubs) drives
+// the real daemon against the test cluster, through the real attach path.
+// Every bad input is checked for its gRPC code. Nothing is left behind:
+// TearDownTestSuite stops the daemon, detaches whatever a stash still
+// records, unmounts what is left under the temp dir and removes the images.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "attach/attach.hpp"
+#include "common/error.hpp"
+#include "csi.grpc.pb.h"
+#include "rbd/cluster.hpp"
+#include "rbd/image.hpp"
+
+namespace fs = std::filesystem;
+namespace v1 = ::csi::v1;
+using grpc::StatusCode;
+using namespace rbdgw;
+
+namespace {
+
+constexpr std::uint64_t MiB = 1024 * 1024;
+
+std::string read_file(const std::string& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_file(const std::string& p, const std::string& data) {
+  std::ofstream(p) << data;
+  int fd = ::open(p.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << p;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+// Mount points under dir, deepest first.
+std::vector<std::string> mounts_under(const std::string& dir) {
+  std::vector<std::string> out;
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    std::string a, b, c, d, mnt;
+    ls >> a >> b >> c >> d >> mnt;
+    if (mnt.rfind(dir + "/", 0) == 0) out.push_back(mnt);
+  }
+  std::sort(out.rbegin(), out.rend());
+  return out;
+}
+
+// Test cluster settings, from $CEPH_CONF and its admin keyring.
+struct ClusterInfo {
+  std::string conf, mon_host, key;
+  static ClusterInfo load() {
+    ClusterInfo c;
+    const char* conf = std::getenv("CEPH_CONF");
+    if (!conf) return c;
+    c.conf = conf;
+    std::smatch m;
+    std::string text = read_file(c.conf);
+    if (std::regex_search(text, m, std::regex(R"(mon_host\s*=\s*(\S+))"))) c.mon_host = m[1];
+    std::string keyring = read_file(fs::path(c.conf).parent_path() / "ceph.client.admin.keyring");
+    if (std::regex_search(keyring, m, std::regex(R"(key\s*=\s*(\S+))"))) c.key = m[1];
+    return c;
+  }
+};
+
+class CsiE2E : public ::testing::Test {
+ protected:
+  static inline ClusterInfo cluster;
+  static inline std::string tmp, root, state, sock, csi_bin;
+  static inline pid_t daemon = 0;
+  static inline std::shared_ptr<grpc::Channel> channel;
+  static inline std::set<std::string> images;  // created, removed at the end
+  static inline int counter = 0;
+
+  static void SetUpTestSuite() {
+    cluster = ClusterInfo::load();
+    if (const char* b = std::getenv("RBDGW_CSI")) csi_bin = b;
+    if (cluster.mon_host.empty() || cluster.key.empty() || csi_bin.empty()) return;
+    char t[] = "/tmp/rbdgw-csi-e2e.XXXXXX";
+    tmp = ::mkdtemp(t);
+    root = tmp + "/kubelet";
+    state = tmp + "/state";
+    sock = tmp + "/csi.sock";
+    fs::create_directories(root);
+    std::ofstream(tmp + "/clusters.json")
+        << R"([{"clusterID":"test","monitors":[")" << cluster.mon_host << R"("]}])";
+    std::ofstream(tmp + "/kms.json") << R"({"meta1":{"encryptionKMSType":"metadata"}})";
+    start_daemon();
+  }
+
+  static void TearDownTestSuite() {
+    if (tmp.empty()) return;
+    stop_daemon(SIGTERM);
+    // Unmount publish targets, detach whatever a stash still records, then
+    // unmount any leftovers.
+    for (const auto& m : mounts_under(root + "/pods")) ::umount2(m.c_str(), MNT_DETACH);
+    std::vector<std::string> stashes;
+    std::error_code ec;
+    for (const auto& d : fs::directory_iterator(root + "/plugins", ec))
+      if (fs::exists(d.path() / "globalmount.rbdgw.json"))
+        stashes.push_back(d.path() / "globalmount.rbdgw.json");
+    for (const auto& st : stashes) {
+      try {
+        attach::detach(st);
+      } catch (const std::exception& ex) {
+        ADD_FAILURE() << "cleanup: " << ex.what();
+      }
+    }
+    for (const auto& m : mounts_under(tmp)) ::umount2(m.c_str(), MNT_DETACH);
+    try {
+      auto c = connect();
+      auto io = c.open_ioctx("rbd");
+      for (const auto& img : images) rbd::remove_image(io, img);
+    } catch (const std::exception& ex) {
+      ADD_FAILURE() << "cleanup: " << ex.what();
+    }
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+  }
+
+  void SetUp() override {
+    if (csi_bin.empty() || cluster.key.empty()) GTEST_SKIP() << "needs RBDGW_CSI and CEPH_CONF";
+  }
+
+  static rbd::Cluster connect() {
+    rbd::ClusterOptions o;
+    o.conf_file = cluster.conf;
+    return rbd::Cluster::connect(o);
+  }
+
+  static void start_daemon() {
+    ::unlink(sock.c_str());  // a stale socket of a killed daemon
+    daemon = ::fork();
+    if (daemon == 0) {
+      std::string log = tmp + "/csi.log";
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      std::vector<std::string> args = {csi_bin, "--endpoint=unix://" + sock,
+                                       "--cluster-config=" + tmp + "/clusters.json",
+                                       "--kms-config=" + tmp + "/kms.json",
+                                       "--node-id=e2e-node", "--attach=userspace",
+                                       "--state-dir=" + state, "--allowed-root=" + root};
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      _exit(127);
+    }
+    for (int i = 0; i < 300 && !fs::exists(sock); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ASSERT_TRUE(fs::exists(sock)) << read_file(tmp + "/csi.log");
+    channel = grpc::CreateChannel("unix:" + sock, grpc::InsecureChannelCredentials());
+  }
+
+  static void stop_daemon(int sig) {
+    if (daemon <= 0) return;
+    ::kill(daemon, sig);
+    int st = 0;
+    ::waitpid(daemon, &st, 0);
+    daemon = 0;
+  }
+
+  // ----------------------------------------------------------- helpers
+
+  static std::map<std::string, std::string> secrets(bool with_passphrase = false) {
+    std::map<std::string, std::string> s{{"userID", "admin"}, {"userKey", cluster.key}};
+    if (with_passphrase) s["encryptionPassphrase"] = "kms-secret-for-e2e";
+    return s;
+  }
+
+  static v1::VolumeCapability mount_cap(const std::string& fs = "ext4") {
+    v1::VolumeCapability c;
+    c.mutable_mount()->set_fs_type(fs);
+    c.mutable_access_mode()->set_mode(v1::VolumeCapability::AccessMode::SINGLE_NODE_WRITER);
+    return c;
+  }
+
+  static std::string unique(const std::string& p) {
+    return p + "-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+  }
+
+  template <typename Req, typename Resp, typename Call>
+  static grpc::Status call(Call fn, const Req& req, Resp* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    return fn(&ctx, req, resp);
+  }
+
+  static grpc::Status create(const std::string& name, std::map<std::string, std::string> params,
+                             std::int64_t size, v1::CreateVolumeResponse* resp,
+                             std::map<std::string, std::string> sec = secrets()) {
+    auto stub = v1::Controller::NewStub(channel);
+    v1::CreateVolumeRequest req;
+    req.set_name(name);
+    req.mutable_capacity_range()->set_required_bytes(size);
+    *req.add_volume_capabilities() = mount_cap();
+    req.mutable_parameters()->insert(params.begin(), params.end());
+    req.mutable_secrets()->insert(sec.begin(), sec.end());
+    grpc::ClientContext ctx;
+    grpc::Status s = stub->CreateVolume(&ctx, req, resp);
+    if (s.ok()) images.insert(resp->volume().volume_context().at("imageName"));
+    return s;
+  }
+
+  static std::map<std::string, std::string> params(bool encrypted = false) {
+    std::map<std::string, std::string> p{{"clusterID", "test"}, {"pool", "rbd"},
+                                         {"imageFeatures", "layering,exclusive-lock"}};
+    if (encrypted) {
+      p["encrypted"] = "true";
+      p["encryptionKMSID"] = "meta1";
+    }
+    return p;
+  }
+
+  static grpc::Status del(const std::string& id) {
+    auto stub = v1::Controller::NewStub(channel);
+    v1::DeleteVolumeRequest req;
+    req.set_volume_id(id);
+    auto s = secrets();
+    req.mutable_secrets()->insert(s.begin(), s.end());
+    v1::DeleteVolumeResponse resp;
+    grpc::ClientContext ctx;
+    return stub->DeleteVolume(&ctx, req, &resp);
+  }
+
+  static grpc::Status stage(const std::string& id, const std::string& staging,
+                            const v1::VolumeCapability& cap = mount_cap(), bool passphrase = false) {
+    auto stub = v1::Node::NewStub(channel);
+    v1::NodeStageVolumeRequest req;
+    req.set_volume_id(id);
+    req.set_staging_target_path(staging);
+    *req.mutable_volume_capability() = cap;
+    auto s = secrets(passphrase);
+    req.mutable_secrets()->insert(s.begin(), s.end());
+    v1::NodeStageVolumeResponse resp;
+    grpc::ClientContext ctx;
+    return stub->NodeStageVolume(&ctx, req, &resp);
+  }
+
+  static grpc::Status unstage(const std::string& id, const std::string& staging) {
+    auto stub = v1::Node::NewStub(channel);
+    v1::NodeUnstageVolumeRequest req;
+    req.set_volume_id(id);
+    req.set_staging_target_path(staging);
+    v1::NodeUnstageVolumeResponse resp;
+    grpc::ClientContext ctx;
+    return stub->NodeUnstageVolume(&ctx, req, &resp);
+  }
+
+  static grpc::Status publish(const std::string& id, const std::string& staging,
+                              const std::string& target, bool ro = false,
+                              const v1::VolumeCapability& cap = mount_cap()) {
+    auto stub = v1::Node::NewStub(channel);
+    v1::NodePublishVolumeRequest req;
+    req.set_volume_id(id);
+    req.set_staging_target_path(staging);
+    req.set_target_path(target);
+    req.set_readonly(ro);
+    *req.mutable_volume_capability() = cap;
+    v1::NodePublishVolumeResponse resp;
+    grpc::ClientContext ctx;
+    return stub->NodePublishVolume(&ctx, req, &resp);
+  }
+
+  static grpc::Status unpublish(const std::string& id, const std::string& target) {
+    auto stub = v1::Node::NewStub(channel);
+    v1::NodeUnpublishVolumeRequest req;
+    req.set_volume_id(id);
+    req.set_target_path(target);
+    v1::NodeUnpublishVolumeResponse resp;
+    grpc::ClientContext ctx;
+    return stub->NodeUnpublishVolume(&ctx, req, &resp);
+  }
+
+  static std::string staging_dir(const std::string& name) {
+    std::string d = root + "/plugins/" + name + "/globalmount";
+    fs::create_directories(d);
+    return d;
+  }
+
+  static bool node_path_available() {
+    const char* plugin = std::getenv("RBDGW_PLUGIN");
+    const char* fuse = std::getenv("RBDGW_FUSE_EXPORTER");
+    return plugin && fs::exists(plugin) && fuse && fs::exists(fuse) && fs::exists("/dev/fuse");
+  }
+};
+
+#define EXPECT_CODE(status, code) \
+  EXPECT_EQ((status).error_code(), (code)) << (status).error_message()
+
+// ------------------------------------------------------------- identity
+
+TEST_F(CsiE2E, IdentityInfoCapabilitiesProbe) {
+  auto stub = v1::Identity::NewStub(channel);
+  {
+    v1::GetPluginInfoResponse r;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->GetPluginInfo(&ctx, {}, &r).ok());
+    EXPECT_EQ(r.name(), "rbd.gw.csi.rbdgw.io");
+    EXPECT_FALSE(r.vendor_version().empty());
+  }
+  {
+    v1::GetPluginCapabilitiesResponse r;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->GetPluginCapabilities(&ctx, {}, &r).ok());
+    bool controller = false, online = false;
+    for (const auto& c : r.capabilities()) {
+      controller |= c.service().type() == v1::PluginCapability::Service::CONTROLLER_SERVICE;
+      online |= c.volume_expansion().type() == v1::PluginCapability::VolumeExpansion::ONLINE;
+    }
+    EXPECT_TRUE(controller);
+    EXPECT_TRUE(online);
+  }
+  {
+    v1::ProbeResponse r;
+    grpc::ClientContext ctx;
+    auto s = stub->Probe(&ctx, {}, &r);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_TRUE(r.ready().value());
+  }
+  {
+    auto node = v1::Node::NewStub(channel);
+    v1::NodeGetInfoResponse r;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(node->NodeGetInfo(&ctx, {}, &r).ok());
+    EXPECT_EQ(r.node_id(), "e2e-node");
+  }
+}
+
+// ----------------------------------------------------------- controller
+
+TEST_F(CsiE2E, CreateIsIdempotentByNameAndDeleteRemovesImage) {
+  const std::string name = unique("pvc-idem");
+  v1::CreateVolumeResponse a, b, c;
+  ASSERT_TRUE(create(name, params(), 10 * MiB + 1, &a).ok());
+  EXPECT_EQ(a.volume().capacity_bytes(), 11 * MiB);  // rounded up to MiB
+  ASSERT_TRUE(create(name, params(), 10 * MiB + 1, &b).ok());
+  EXPECT_EQ(a.volume().volume_id(), b.volume().volume_id());
+  EXPECT_EQ(a.volume().volume_id().substr(0, 15), "0001-0004-test-");
+
+  // Same name, other parameters or an incompatible size: ALREADY_EXISTS.
+  auto other = params();
+  other["imageFeatures"] = "layering";
+  EXPECT_CODE(create(name, other, 10 * MiB, &c), StatusCode::ALREADY_EXISTS);
+  EXPECT_CODE(create(name, params(), 20 * MiB, &c), StatusCode::ALREADY_EXISTS);
+
+  // The image exists with the recorded name.
+  const std::string img = a.volume().volume_context().at("imageName");
+  {
+    auto io = connect().open_ioctx("rbd");
+    auto image = rbd::Image::open(io, img);
+    EXPECT_EQ(image.size(), 11 * MiB);
+    EXPECT_EQ(image.get_meta("rbdgw.csi/name").value_or(""), name);
+  }
+  ASSERT_TRUE(del(a.volume().volume_id()).ok());
+  ASSERT_TRUE(del(a.volume().volume_id()).ok());  // idempotent
+  auto io = connect().open_ioctx("rbd");
+  EXPECT_THROW(rbd::Image::open(io, img), Error);
+}
+
+TEST_F(CsiE2E, ControllerExpandGrowsTheImage) {
+  v1::CreateVolumeResponse a;
+  ASSERT_TRUE(create(unique("pvc-grow"), params(), 8 * MiB, &a).ok());
+  auto stub = v1::Controller::NewStub(channel);
+  v1::ControllerExpandVolumeRequest req;
+  req.set_volume_id(a.volume().volume_id());
+  req.mutable_capacity_range()->set_required_bytes(16 * MiB);
+  auto s = secrets();
+  req.mutable_secrets()->insert(s.begin(), s.end());
+  v1::ControllerExpandVolumeResponse r;
+  {
+    grpc::ClientContext ctx;
+    auto st = stub->ControllerExpandVolume(&ctx, req, &r);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  EXPECT_EQ(r.capacity_bytes(), 16 * MiB);
+  EXPECT_TRUE(r.node_expansion_required());
+  {  // smaller: no-op, reports the current size
+    req.mutable_capacity_range()->set_required_bytes(4 * MiB);
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->ControllerExpandVolume(&ctx, req, &r).ok());
+    EXPECT_EQ(r.capacity_bytes(), 16 * MiB);
+  }
+  {
+    req.mutable_capacity_range()->set_required_bytes(32 * MiB + 1);
+    req.mutable_capacity_range()->set_limit_bytes(32 * MiB + 2);
+    grpc::ClientContext ctx;
+    EXPECT_CODE(stub->ControllerExpandVolume(&ctx, req, &r), StatusCode::OUT_OF_RANGE);
+  }
+  EXPECT_TRUE(del(a.volume().volume_id()).ok());
+}
+
+TEST_F(CsiE2E, ControllerBadInputGetsTheSpecCodes) {
+  v1::CreateVolumeResponse r;
+  auto p = params();
+  EXPECT_CODE(create("", p, MiB, &r), StatusCode::INVALID_ARGUMENT);
+  p["clusterID"] = "nope";
+  EXPECT_CODE(create(unique("bad"), p, MiB, &r), StatusCode::INVALID_ARGUMENT);
+  p = params();
+  p["pool"] = "no-such-pool";
+  EXPECT_CODE(create(unique("bad"), p, MiB, &r), StatusCode::NOT_FOUND);
+  p = params();
+  p["colour"] = "red";
+  EXPECT_CODE(create(unique("bad"), p, MiB, &r), StatusCode::INVALID_ARGUMENT);
+  p = params(true);
+  p["encryptionKMSID"] = "no-such-kms";
+  EXPECT_CODE(create(unique("bad"), p, MiB, &r, secrets(true)), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(create(unique("bad"), params(), -1, &r), StatusCode::OUT_OF_RANGE);
+  EXPECT_CODE(create(unique("bad"), params(), MiB, &r, {{"userID", "admin"}}),
+              StatusCode::INVALID_ARGUMENT);
+  auto wrong = secrets();
+  wrong["userKey"] = "AQBvaXvaGQAAAAAAAAAAAAAAAAAAAAAAAAAAAA==";
+  EXPECT_CODE(create(unique("bad"), params(), MiB, &r, wrong), StatusCode::PERMISSION_DENIED);
+
+  // Capabilities: missing, multi-node.
+  auto stub = v1::Controller::NewStub(channel);
+  {
+    v1::CreateVolumeRequest req;
+    req.set_name(unique("bad"));
+    req.mutable_parameters()->insert({{"clusterID", "test"}, {"pool", "rbd"}});
+    grpc::ClientContext ctx;
+    EXPECT_CODE(stub->CreateVolume(&ctx, req, &r), StatusCode::INVALID_ARGUMENT);
+    auto* c = req.add_volume_capabilities();
+    *c = mount_cap();
+    c->mutable_access_mode()->set_mode(v1::VolumeCapability::AccessMode::MULTI_NODE_MULTI_WRITER);
+    grpc::ClientContext ctx2;
+    EXPECT_CODE(stub->CreateVolume(&ctx2, req, &r), StatusCode::INVALID_ARGUMENT);
+  }
+  // IDs: missing or malformed -> INVALID_ARGUMENT; unknown -> NOT_FOUND / OK.
+  EXPECT_CODE(del(""), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(del("pvc-123"), StatusCode::INVALID_ARGUMENT);
+  const std::string unknown = "0001-0004-test-0000000000000001-" + std::string("00000000-0000-5000-8000-000000000000");
+  EXPECT_TRUE(del(unknown).ok());
+  {
+    v1::ValidateVolumeCapabilitiesRequest req;
+    req.set_volume_id(unknown);
+    *req.add_volume_capabilities() = mount_cap();
+    auto s = secrets();
+    req.mutable_secrets()->insert(s.begin(), s.end());
+    v1::ValidateVolumeCapabilitiesResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_CODE(stub->ValidateVolumeCapabilities(&ctx, req, &resp), StatusCode::NOT_FOUND);
+  }
+  {
+    v1::ControllerExpandVolumeRequest req;
+    req.set_volume_id(unknown);
+    req.mutable_capacity_range()->set_required_bytes(MiB);
+    auto s = secrets();
+    req.mutable_secrets()->insert(s.begin(), s.end());
+    v1::ControllerExpandVolumeResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_CODE(stub->ControllerExpandVolume(&ctx, req, &resp), StatusCode::NOT_FOUND);
+  }
+}
+
+// ---------------------------------------------------------------- node
+
+TEST_F(CsiE2E, NodeBadInputGetsTheSpecCodes) {
+  const std::string id = "0001-0004-test-0000000000000001-00000000-0000-5000-8000-000000000000";
+  const std::string staging = staging_dir(unique("bad"));
+  EXPECT_CODE(stage("", staging), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(stage("garbage", staging), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(stage(id, ""), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(stage(id, "/etc"), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(stage(id, root + "/../etc"), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(stage(id, staging, v1::VolumeCapability()), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(stage(id, staging), StatusCode::NOT_FOUND);  // no such image
+  EXPECT_CODE(publish(id, staging, root + "/pods/x/mount"), StatusCode::FAILED_PRECONDITION);
+  EXPECT_CODE(publish(id, staging, "/tmp/x"), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(unpublish(id, ""), StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(unpublish(id, root + "/pods/never/mount").ok());
+  EXPECT_TRUE(unstage(id, staging).ok());  // not staged: OK
+  EXPECT_FALSE(fs::exists(state + "/volumes/" + id));
+}
+
+TEST_F(CsiE2E, StagePublishWriteUnstageRestage) {
+  if (!node_path_available()) GTEST_SKIP() << "needs the rbd plugin, rbdgw-fuse and /dev/fuse";
+  v1::CreateVolumeResponse a;
+  ASSERT_TRUE(create(unique("pvc-fs"), params(), 64 * MiB, &a).ok());
+  const std::string id = a.volume().volume_id();
+  const std::string staging = staging_dir(unique("fs"));
+  const std::string target = root + "/pods/p1/volumes/" + unique("t") + "/mount";
+
+  auto s = stage(id, staging);
+  ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << read_file(tmp + "/csi.log");
+  ASSERT_TRUE(stage(id, staging).ok());  // idempotent
+  EXPECT_CODE(stage(id, staging_dir(unique("other"))), StatusCode::FAILED_PRECONDITION);
+  EXPECT_CODE(stage(id, staging, mount_cap("xfs")), StatusCode::ALREADY_EXISTS);
+  ASSERT_TRUE(publish(id, staging, target).ok());
+  ASSERT_TRUE(publish(id, staging, target).ok());  // idempotent
+  EXPECT_CODE(publish(id, staging, target, true), StatusCode::ALREADY_EXISTS);
+  write_file(target + "/hello.txt", "hello from rbdgw-csi\n");
+  fs::create_directories(target + "/dir");
+  write_file(target + "/dir/b.bin", std::string(300000, 'x'));
+
+  {  // stats
+    auto node = v1::Node::NewStub(channel);
+    v1::NodeGetVolumeStatsRequest req;
+    req.set_volume_id(id);
+    req.set_volume_path(target);
+    v1::NodeGetVolumeStatsResponse r;
+    grpc::ClientContext ctx;
+    auto st = node->NodeGetVolumeStats(&ctx, req, &r);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_GE(r.usage_size(), 1);
+    EXPECT_GT(r.usage(0).total(), 40 * (std::int64_t)MiB);
+    EXPECT_GT(r.usage(0).used(), 0);
+    EXPECT_FALSE(r.volume_condition().abnormal()) << r.volume_condition().message();
+  }
+  // Unstage while published: refused, nothing changed.
+  EXPECT_CODE(unstage(id, staging), StatusCode::FAILED_PRECONDITION);
+  ASSERT_TRUE(unpublish(id, target).ok());
+  EXPECT_FALSE(fs::exists(target));
+  ASSERT_TRUE(unstage(id, staging).ok());
+  ASSERT_TRUE(unstage(id, staging).ok());  // idempotent
+  EXPECT_TRUE(mounts_under(root).empty());
+  EXPECT_FALSE(fs::exists(staging + ".rbdgw.json"));
+
+  ASSERT_TRUE(stage(id, staging).ok());
+  EXPECT_EQ(read_file(staging + "/hello.txt"), "hello from rbdgw-csi\n");
+  EXPECT_EQ(read_file(staging + "/dir/b.bin"), std::string(300000, 'x'));
+  // Read-only publish.
+  const std::string ro = root + "/pods/p2/volumes/" + unique("t") + "/mount";
+  ASSERT_TRUE(publish(id, staging, ro, true).ok());
+  EXPECT_EQ(read_file(ro + "/hello.txt"), "hello from rbdgw-csi\n");
+  EXPECT_FALSE(std::ofstream(ro + "/new.txt").good());
+  ASSERT_TRUE(unpublish(id, ro).ok());
+  ASSERT_TRUE(unstage(id, staging).ok());
+  EXPECT_TRUE(del(id).ok());
+}
+
+TEST_F(CsiE2E, EncryptedVolumeHoldsLuks2AndNoPlaintext) {
+  if (!node_path_available() || !std::getenv("RBDGW_FILTER") || !fs::exists(std::getenv("RBDGW_FILTER")))
+    GTEST_SKIP() << "needs the rbd plugin, the luks2 filter, rbdgw-fuse and /dev/fuse";
+  v1::CreateVolumeResponse a;
+  auto st = create(unique("pvc-enc"), params(true), 64 * MiB, &a, secrets(true));
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const std::string id = a.volume().volume_id();
+  const std::string img = a.volume().volume_context().at("imageName");
+  {
+    auto io = connect().open_ioctx("rbd");
+    auto image = rbd::Image::open(io, img);
+    EXPECT_EQ(image.get_meta("rbd.csi.ceph.com/encrypted").value_or(""), "encryptionPrepared");
+    EXPECT_TRUE(image.get_meta("rbd.csi.ceph.com/dek").has_value());
+  }
+  const std::string staging = staging_dir(unique("enc"));
+  EXPECT_CODE(stage(id, staging, mount_cap(), false), StatusCode::INVALID_ARGUMENT);  // no KMS secret
+  auto s = stage(id, staging, mount_cap(), true);
+  ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << read_file(tmp + "/csi.log");
+  const std::string marker = "PLAINTEXT-MARKER-rbdgw-e2e-0123456789";
+  std::string data;
+  for (int i = 0; i < 2000; ++i) data += marker;
+  write_file(staging + "/secret.txt", data);
+  ASSERT_TRUE(unstage(id, staging).ok());
+  {
+    auto io = connect().open_ioctx("rbd");
+    auto image = rbd::Image::open(io, img);
+    EXPECT_EQ(image.get_meta("rbd.csi.ceph.com/encrypted").value_or(""), "encrypted");
+    std::string raw(image.size(), '\0');
+    image.read(0, raw.data(), raw.size());
+    EXPECT_EQ(raw.substr(0, 6), std::string("LUKS\xba\xbe", 6));
+    EXPECT_EQ(raw.find(marker), std::string::npos) << "plaintext found in the raw image";
+  }
+  ASSERT_TRUE(stage(id, staging, mount_cap(), true).ok());
+  EXPECT_EQ(read_file(staging + "/secret.txt"), data);
+  ASSERT_TRUE(unstage(id, staging).ok());
+  ASSERT_TRUE(del(id).ok());
+  auto io = connect().open_ioctx("rbd");
+  EXPECT_THROW(rbd::Image::open(io, img), Error);  // image and its DEK gone
+}
+
+TEST_F(CsiE2E, TwoVolumesAtOnceAndExpand) {
+  if (!node_path_available()) GTEST_SKIP() << "needs the rbd plugin, rbdgw-fuse and /dev/fuse";
+  v1::CreateVolumeResponse a, b;
+  ASSERT_TRUE(create(unique("pvc-two-a"), params(), 320 * MiB, &a).ok());
+  ASSERT_TRUE(create(unique("pvc-two-b"), params(), 32 * MiB, &b).ok());
+  const std::string sa = staging_dir(unique("a")), sb = staging_dir(unique("b"));
+  // xfs for a: growing a mounted ext4 needs CAP_SYS_RESOURCE, which this
+  // machine withholds even from root; xfs_growfs needs only CAP_SYS_ADMIN.
+  auto fa = std::async(std::launch::async,
+                       [&] { return stage(a.volume().volume_id(), sa, mount_cap("xfs")); });
+  auto fb = std::async(std::launch::async, [&] { return stage(b.volume().volume_id(), sb); });
+  auto ra = fa.get(), rb = fb.get();
+  ASSERT_TRUE(ra.ok()) << ra.error_message();
+  ASSERT_TRUE(rb.ok()) << rb.error_message();
+  write_file(sa + "/a", "A");
+  write_file(sb + "/b", "B");
+  EXPECT_FALSE(fs::exists(sa + "/b"));
+
+  // Expand a: controller grows the image, node grows the filesystem.
+  struct statvfs before{}, after{};
+  ::statvfs(sa.c_str(), &before);
+  {
+    auto stub = v1::Controller::NewStub(channel);
+    v1::ControllerExpandVolumeRequest req;
+    req.set_volume_id(a.volume().volume_id());
+    req.mutable_capacity_range()->set_required_bytes(512 * MiB);
+    auto s = secrets();
+    req.mutable_secrets()->insert(s.begin(), s.end());
+    v1::ControllerExpandVolumeResponse r;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->ControllerExpandVolume(&ctx, req, &r).ok());
+  }
+  {
+    auto node = v1::Node::NewStub(channel);
+    v1::NodeExpandVolumeRequest req;
+    req.set_volume_id(a.volume().volume_id());
+    req.set_volume_path(sa);
+    req.set_staging_target_path(sa);
+    req.mutable_capacity_range()->set_required_bytes(512 * MiB);
+    v1::NodeExpandVolumeResponse r;
+    grpc::ClientContext ctx;
+    auto st = node->NodeExpandVolume(&ctx, req, &r);
+    EXPECT_TRUE(st.ok()) << st.error_message() << "\n" << read_file(tmp + "/csi.log");
+    EXPECT_EQ(r.capacity_bytes(), 512 * MiB);
+  }
+  ::statvfs(sa.c_str(), &after);
+  EXPECT_GT(after.f_blocks * after.f_frsize, before.f_blocks * before.f_frsize + 128 * MiB);
+  EXPECT_EQ(read_file(sa + "/a"), "A");
+  ASSERT_TRUE(unstage(a.volume().volume_id(), sa).ok());
+  ASSERT_TRUE(unstage(b.volume().volume_id(), sb).ok());
+  EXPECT_TRUE(del(a.volume().volume_id()).ok());
+  EXPECT_TRUE(del(b.volume().volume_id()).ok());
+}
+
+TEST_F(CsiE2E, KillDuringStageAndGatewayKillThenRestart) {
+  if (!node_path_available()) GTEST_SKIP() << "needs the rbd plugin, rbdgw-fuse and /dev/fuse";
+  v1::CreateVolumeResponse a;
+  ASSERT_TRUE(create(unique("pvc-kill"), params(), 32 * MiB, &a).ok());
+  const std::string id = a.volume().volume_id();
+  const std::string staging = staging_dir(unique("kill"));
+  // Start a stage and kill -9 the daemon once the stash shows it under way.
+  auto f = std::async(std::launch::async, [&] { return stage(id, staging); });
+  for (int i = 0; i < 600 && !fs::exists(staging + ".rbdgw.json"); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  stop_daemon(SIGKILL);
+  f.get();  // fails (or finished just before the kill): both are fine
+  start_daemon();
+  // The retried call succeeds and the state is consistent.
+  auto s = stage(id, staging);
+  ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << read_file(tmp + "/csi.log");
+  write_file(staging + "/after-restart", "ok");
+  // A restart of a healthy daemon keeps the mount (re-adoption, no unmount).
+  stop_daemon(SIGKILL);
+  start_daemon();
+  EXPECT_EQ(read_file(staging + "/after-restart"), "ok");
+
+  // kill -9 of the gateway under the mounted filesystem, and of the daemon:
+  // the restarted daemon re-attaches it; the data is intact and fsck clean.
+  const attach::Stash st = attach::load_stash(staging + ".rbdgw.json");
+  ASSERT_GT(st.gateway.pid, 0);
+  stop_daemon(SIGKILL);
+  ::kill(st.gateway.pid, SIGKILL);
+  for (int i = 0; i < 100 && ::kill(st.gateway.pid, 0) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  start_daemon();
+  EXPECT_EQ(read_file(staging + "/after-restart"), "ok");
+  write_file(staging + "/after-gateway-kill", std::string(100000, 'g'));
+  EXPECT_EQ(read_file(staging + "/after-gateway-kill"), std::string(100000, 'g'));
+  s = unstage(id, staging);
+  ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << read_file(tmp + "/csi.log");
+  EXPECT_TRUE(mounts_under(root).empty());
+  {
+    auto io = connect().open_ioctx("rbd");
+    auto image = rbd::Image::open(io, a.volume().volume_context().at("imageName"));
+    std::string raw(image.size(), '\0');
+    image.read(0, raw.data(), raw.size());
+    std::ofstream(tmp + "/fsck.img", std::ios::binary) << raw;
+  }
+  const std::string fsck = "e2fsck -fn " + tmp + "/fsck.img >" + tmp + "/fsck.log 2>&1";
+  EXPECT_EQ(std::system(fsck.c_str()), 0) << read_file(tmp + "/fsck.log");
+  fs::remove(tmp + "/fsck.img");
+  EXPECT_TRUE(del(id).ok());
+}
+
+}  // namespace
