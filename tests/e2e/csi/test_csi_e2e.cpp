@@ -89,7 +89,8 @@ class CsiE2E : public ::testing::Test {
   static inline std::string tmp, root, state, sock, csi_bin;
   static inline pid_t daemon = 0;
   static inline std::shared_ptr<grpc::Channel> channel;
-  static inline std::set<std::string> images;  // created, removed at the end
+  static inline std::set<std::string> images;      // created, removed at the end
+  static inline std::set<std::string> volume_ids;  // their IDs
   static inline int counter = 0;
 
   static void SetUpTestSuite() {
@@ -127,14 +128,38 @@ class CsiE2E : public ::testing::Test {
       }
     }
     for (const auto& m : mounts_under(tmp)) ::umount2(m.c_str(), MNT_DETACH);
+    // Processes a stash never recorded (e.g. a gateway spawned just before
+    // a kill -9 of the daemon): found by our volumes' run dirs.
+    for (const auto& id : volume_ids) {
+      const std::string run = std::string(attach::kRunRoot) + "/" + id;
+      for (const auto& p : fs::directory_iterator("/proc", ec)) {
+        const std::string cmd = read_file(p.path() / "cmdline");
+        if (cmd.find(run + "/") != std::string::npos) {
+          ADD_FAILURE() << "cleanup: an unrecorded process was left: " << p.path().filename();
+          ::kill(std::stoi(p.path().filename()), SIGKILL);
+        }
+      }
+      for (const auto& m : mounts_under(run)) ::umount2(m.c_str(), MNT_DETACH);
+      fs::remove_all(run, ec);
+    }
     try {
       auto c = connect();
       auto io = c.open_ioctx("rbd");
-      for (const auto& img : images) rbd::remove_image(io, img);
+      for (const auto& img : images) {
+        // A killed client's watch lingers until the OSD times it out (30 s).
+        for (int i = 0;; ++i) {
+          try {
+            rbd::remove_image(io, img);
+            break;
+          } catch (const Error& e) {
+            if (e.code() != EBUSY || i == 45) throw;
+            std::this_thread::sleep_for(std::chrono::seconds(1));
+          }
+        }
+      }
     } catch (const std::exception& ex) {
       ADD_FAILURE() << "cleanup: " << ex.what();
     }
-    std::error_code ec;
     fs::remove_all(tmp, ec);
   }
 
@@ -219,7 +244,10 @@ class CsiE2E : public ::testing::Test {
     req.mutable_secrets()->insert(sec.begin(), sec.end());
     grpc::ClientContext ctx;
     grpc::Status s = stub->CreateVolume(&ctx, req, resp);
-    if (s.ok()) images.insert(resp->volume().volume_context().at("imageName"));
+    if (s.ok()) {
+      images.insert(resp->volume().volume_context().at("imageName"));
+      volume_ids.insert(resp->volume().volume_id());
+    }
     return s;
   }
 
