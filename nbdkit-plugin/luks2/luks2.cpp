@@ -1,0 +1,356 @@
+// nbdkit filter `luks2`: serves the decrypted data segment of a LUKS2 volume
+// (aes-xts-plain64, byte-compatible with dm-crypt) that the plugin below
+// exports.
+//
+// A thin layer of nbdkit callbacks: the header is unlocked by lib/luks
+// (libcryptsetup on an in-memory copy) and the data path is luks::CryptIO,
+// which maps requests of any alignment to whole-sector ciphertext I/O on
+// the export below.
+//
+// The first connection reads the header through the plugin below and
+// unlocks it (one PBKDF run); later connections reuse that unlocked volume
+// as long as the first 4 KiB of the export below (the primary binary header,
+// which carries the header's sequence id and checksum) are unchanged, so
+// multi-conn clients share one volume and its RMW locks. A rejected header
+// or passphrase fails that connection with a clear error; nbdkit keeps
+// running and every later connection is refused the same way.
+//
+// Thread model: the filter adds no restriction (the plugin's model holds).
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-filter.h>
+#include <openssl/crypto.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/error.hpp"
+#include "common/log.hpp"
+#include "crypto/secret.hpp"
+#include "crypto/xts.hpp"
+#include "luks/crypt_io.hpp"
+#include "luks/header.hpp"
+
+// -D luks2.verbose=1: debug messages from lib/ (libcryptsetup included).
+extern "C" NBDKIT_DLL_PUBLIC int luks2_debug_verbose;
+int luks2_debug_verbose = 0;
+
+namespace {
+
+using namespace rbdgw;
+
+// Bytes of the export below that identify an unlocked header.
+constexpr std::size_t fingerprint_size = 4096;
+
+SecretBuffer passphrase;
+bool allow_discards = false;
+
+// An unlocked volume, shared by the connections whose export shows the same
+// header.
+struct Volume {
+  Volume(std::vector<std::uint8_t> fp, const luks::Segment& s, crypto::XtsSectorCipher cipher)
+      : fingerprint(std::move(fp)), segment(s), io(std::move(cipher), s.offset) {}
+  std::vector<std::uint8_t> fingerprint;
+  luks::Segment segment;
+  luks::CryptIO io;
+};
+std::mutex volume_mu;
+std::shared_ptr<Volume> last_volume;  // guarded by volume_mu
+
+struct Handle {
+  std::string object;  // the export below, for messages
+  std::shared_ptr<Volume> vol;
+  std::uint64_t size = 0;  // of the decrypted segment
+};
+
+// Runs f, mapping any exception to nbdkit_error and *err (when err is
+// given: the data callbacks); returns f's result or fail.
+template <typename F, typename R = std::invoke_result_t<F>>
+R guard(R fail, int* err, F&& f) noexcept {
+  try {
+    return f();
+  } catch (...) {
+    const ErrorReport e = current_error();
+    nbdkit_error("luks2: %s", e.message.c_str());
+    if (err) *err = e.code;
+    return fail;
+  }
+}
+
+template <typename F>
+int guard_void(int* err, F&& f) noexcept {
+  return guard(-1, err, [&] {
+    f();
+    return 0;
+  });
+}
+
+// The export below as a luks::CryptBackend.
+class NextDevice final : public luks::CryptBackend {
+ public:
+  NextDevice(nbdkit_next* next, const std::string& object) : next_(next), object_(object) {}
+  void pread(std::span<std::uint8_t> buf, std::uint64_t offset) override {
+    int err = 0;
+    if (next_->pread(next_, buf.data(), static_cast<std::uint32_t>(buf.size()), offset, 0,
+                     &err) == -1)
+      throw Error(err, cat("pread: ", object_, ": ", buf.size(), " bytes at ", offset, ": ",
+                           std::strerror(err)));
+  }
+  void pwrite(std::span<const std::uint8_t> buf, std::uint64_t offset, bool fua) override {
+    int err = 0;
+    if (next_->pwrite(next_, buf.data(), static_cast<std::uint32_t>(buf.size()), offset,
+                      fua ? NBDKIT_FLAG_FUA : 0, &err) == -1)
+      throw Error(err, cat("pwrite: ", object_, ": ", buf.size(), " bytes at ", offset, ": ",
+                           std::strerror(err)));
+  }
+
+ private:
+  nbdkit_next* next_;
+  const std::string& object_;
+};
+
+std::uint64_t export_size(nbdkit_next* next, const std::string& object) {
+  const std::int64_t size = next->get_size(next);
+  if (size == -1) throw Error(EIO, cat("get_size: ", object, ": failed"));
+  return static_cast<std::uint64_t>(size);
+}
+
+// Unlocks the header on the export below (or reuses the volume unlocked
+// for an identical header).
+std::shared_ptr<Volume> unlock_volume(nbdkit_next* next, const std::string& object,
+                                      std::uint64_t dev_size) {
+  NextDevice dev(next, object);
+  std::vector<std::uint8_t> fp(std::min<std::uint64_t>(fingerprint_size, dev_size));
+  dev.pread(fp, 0);
+
+  std::lock_guard lock(volume_mu);
+  if (last_volume && last_volume->fingerprint == fp) return last_volume;
+
+  const luks::Reader reader = [&](std::span<std::uint8_t> buf, std::uint64_t off) {
+    if (off >= dev_size) return std::size_t{0};
+    const std::size_t n = std::min<std::uint64_t>(buf.size(), dev_size - off);
+    dev.pread(buf.first(n), off);
+    return n;
+  };
+  luks::Unlocked u = luks::unlock(reader, object, passphrase);
+  const luks::Segment& s = u.segment;
+  auto cipher = crypto::XtsSectorCipher::create(u.volume_key, s.sector_size, s.iv_tweak);
+  auto vol = std::make_shared<Volume>(std::move(fp), s, std::move(cipher));
+  nbdkit_debug("luks2: %s: unlocked with keyslot %d: %s, %u-bit key, %u-byte sectors, "
+               "data at %llu", object.c_str(), u.keyslot, s.cipher.c_str(), s.key_bits,
+               s.sector_size, static_cast<unsigned long long>(s.offset));
+  last_volume = vol;
+  return vol;
+}
+
+// The decrypted size: the segment's, which must fit in the export below.
+std::uint64_t segment_size(const luks::Segment& s, std::uint64_t dev_size,
+                           const std::string& object) {
+  if (dev_size < s.offset + s.sector_size)
+    throw Error(EINVAL, cat(object, ": truncated LUKS2 volume: ", dev_size,
+                            " bytes, but the data segment starts at ", s.offset));
+  const std::uint64_t avail = (dev_size - s.offset) / s.sector_size * s.sector_size;
+  if (!s.size) return avail;
+  if (*s.size > avail)
+    throw Error(EINVAL, cat(object, ": truncated LUKS2 volume: the data segment needs ",
+                            *s.size, " bytes at ", s.offset, ", the export has ", dev_size));
+  return *s.size;
+}
+
+void luks2_load() {
+  log::set_sink([](log::Level level, std::string_view msg) {
+    if (level >= log::Level::warn)
+      nbdkit_error("luks2: %.*s", static_cast<int>(msg.size()), msg.data());
+    else
+      nbdkit_debug("luks2: %.*s", static_cast<int>(msg.size()), msg.data());
+  });
+}
+
+void luks2_unload() {
+  std::lock_guard lock(volume_mu);
+  last_volume.reset();
+  passphrase.clear();
+}
+
+int luks2_config(nbdkit_next_config* next, nbdkit_backend* nxdata, const char* key,
+                 const char* value) {
+  if (std::strcmp(key, "passphrase") == 0) {
+    // +FILE, -FD or - (a terminal); never the secret itself in argv.
+    if (value[0] != '+' && value[0] != '-') {
+      nbdkit_error("luks2: passphrase: give it as +FILE or -FD (or - to type it), "
+                   "never on the command line");
+      return -1;
+    }
+    char* pw = nullptr;
+    if (nbdkit_read_password(value, &pw) == -1) return -1;
+    passphrase = SecretBuffer(pw, std::strlen(pw));
+    OPENSSL_cleanse(pw, std::strlen(pw));
+    std::free(pw);
+    return 0;
+  }
+  if (std::strcmp(key, "key-file") == 0) {
+    try {
+      passphrase = read_secret_file(value, false);
+      return 0;
+    } catch (...) {
+      nbdkit_error("luks2: key-file: %s", current_error().message.c_str());
+      return -1;
+    }
+  }
+  if (std::strcmp(key, "allow-discards") == 0) {
+    const int b = nbdkit_parse_bool(value);
+    if (b == -1) return -1;
+    allow_discards = b;
+    return 0;
+  }
+  return next(nxdata, key, value);
+}
+
+int luks2_config_complete(nbdkit_next_config_complete* next, nbdkit_backend* nxdata) {
+  if (passphrase.empty()) {
+    nbdkit_error("luks2: a non-empty passphrase=+FILE (or -FD) or key-file=FILE is required");
+    return -1;
+  }
+  if (luks2_debug_verbose) log::set_level(log::Level::debug);
+  return next(nxdata);
+}
+
+void* luks2_open(nbdkit_next_open* next, nbdkit_context* ctx, int readonly,
+                 const char* exportname, int is_tls) {
+  if (next(ctx, readonly, exportname) == -1) return nullptr;
+  return guard(static_cast<void*>(nullptr), nullptr, [&]() -> void* {
+    auto h = std::make_unique<Handle>();
+    h->object = *exportname ? cat("export '", exportname, "'") : "the export below";
+    return h.release();
+  });
+}
+
+void luks2_close(void* handle) { delete static_cast<Handle*>(handle); }
+
+int luks2_prepare(nbdkit_next* next, void* handle, int readonly) {
+  auto* h = static_cast<Handle*>(handle);
+  return guard_void(nullptr, [&] {
+    const std::uint64_t dev_size = export_size(next, h->object);
+    auto vol = unlock_volume(next, h->object, dev_size);
+    h->size = segment_size(vol->segment, dev_size, h->object);
+    h->vol = std::move(vol);
+  });
+}
+
+int64_t luks2_get_size(nbdkit_next* next, void* handle) {
+  return static_cast<int64_t>(static_cast<Handle*>(handle)->size);
+}
+
+int luks2_block_size(nbdkit_next* next, void* handle, uint32_t* minimum, uint32_t* preferred,
+                     uint32_t* maximum) {
+  auto* h = static_cast<Handle*>(handle);
+  uint32_t nmin = 0, npref = 0, nmax = 0;
+  if (next->block_size(next, &nmin, &npref, &nmax) == -1) return -1;
+  // Any alignment works (partial sectors are read-modify-written); whole
+  // sectors avoid the RMW.
+  *minimum = 1;
+  *preferred = std::max(h->vol->segment.sector_size, npref);
+  *maximum = nmax >= *preferred ? nmax : 0xffffffff;
+  return 0;
+}
+
+int luks2_can_trim(nbdkit_next* next, void* handle) {
+  return allow_discards ? next->can_trim(next) : 0;
+}
+
+int luks2_can_zero(nbdkit_next* next, void* handle) { return NBDKIT_ZERO_NATIVE; }
+int luks2_can_fast_zero(nbdkit_next* next, void* handle) { return 0; }
+// Holes below do not read as zeros once decrypted: report everything as data.
+int luks2_can_extents(nbdkit_next* next, void* handle) { return 0; }
+
+int luks2_pread(nbdkit_next* next, void* handle, void* buf, uint32_t count, uint64_t offset,
+                uint32_t flags, int* err) {
+  auto* h = static_cast<Handle*>(handle);
+  return guard_void(err, [&] {
+    NextDevice dev(next, h->object);
+    h->vol->io.read(dev, {static_cast<std::uint8_t*>(buf), count}, offset);
+  });
+}
+
+int luks2_pwrite(nbdkit_next* next, void* handle, const void* buf, uint32_t count,
+                 uint64_t offset, uint32_t flags, int* err) {
+  auto* h = static_cast<Handle*>(handle);
+  return guard_void(err, [&] {
+    NextDevice dev(next, h->object);
+    h->vol->io.write(dev, {static_cast<const std::uint8_t*>(buf), count}, offset,
+                     flags & NBDKIT_FLAG_FUA);
+  });
+}
+
+int luks2_zero(nbdkit_next* next, void* handle, uint32_t count, uint64_t offset, uint32_t flags,
+               int* err) {
+  auto* h = static_cast<Handle*>(handle);
+  return guard_void(err, [&] {
+    NextDevice dev(next, h->object);
+    h->vol->io.zero(dev, count, offset, flags & NBDKIT_FLAG_FUA);
+  });
+}
+
+// The whole sectors inside [offset, offset + count), as a range of the
+// export below; empty when there are none.
+std::pair<std::uint64_t, std::uint64_t> inner_sectors(const Handle& h, uint32_t count,
+                                                      uint64_t offset) {
+  const std::uint64_t s = h.vol->segment.sector_size;
+  const std::uint64_t start = (offset + s - 1) / s * s, end = (offset + count) / s * s;
+  if (end <= start) return {0, 0};
+  return {h.vol->segment.offset + start, end - start};
+}
+
+int luks2_trim(nbdkit_next* next, void* handle, uint32_t count, uint64_t offset, uint32_t flags,
+               int* err) {
+  // Only with allow-discards (else can_trim is false and nbdkit sends none).
+  const auto [start, len] = inner_sectors(*static_cast<Handle*>(handle), count, offset);
+  return len == 0 ? 0
+                  : next->trim(next, static_cast<uint32_t>(len), start, flags & NBDKIT_FLAG_FUA,
+                               err);
+}
+
+int luks2_cache(nbdkit_next* next, void* handle, uint32_t count, uint64_t offset, uint32_t flags,
+                int* err) {
+  // Whole sectors around the range, so that partial sectors are cached too.
+  const auto* h = static_cast<Handle*>(handle);
+  const std::uint64_t s = h->vol->segment.sector_size;
+  const std::uint64_t start = offset / s * s, end = (offset + count + s - 1) / s * s;
+  return next->cache(next, static_cast<uint32_t>(end - start), h->vol->segment.offset + start,
+                     flags, err);
+}
+
+nbdkit_filter filter = {
+    .name = "luks2",
+    .longname = "nbdkit LUKS2 filter (userspace dm-crypt aes-xts-plain64)",
+    .load = luks2_load,
+    .unload = luks2_unload,
+    .config = luks2_config,
+    .config_complete = luks2_config_complete,
+    .config_help =
+        "passphrase=<PASSWORD>     The passphrase: +FILE, -FD or - (interactive).\n"
+        "key-file=<FILE>           Or: the whole file is the passphrase (cryptsetup --key-file).\n"
+        "allow-discards=<BOOL>     Pass trim down (default false, as dm-crypt).",
+    .open = luks2_open,
+    .close = luks2_close,
+    .prepare = luks2_prepare,
+    .get_size = luks2_get_size,
+    .block_size = luks2_block_size,
+    .can_trim = luks2_can_trim,
+    .can_zero = luks2_can_zero,
+    .can_fast_zero = luks2_can_fast_zero,
+    .can_extents = luks2_can_extents,
+    .pread = luks2_pread,
+    .pwrite = luks2_pwrite,
+    .trim = luks2_trim,
+    .zero = luks2_zero,
+    .cache = luks2_cache,
+};
+
+}  // namespace
+
+NBDKIT_REGISTER_FILTER(filter)
