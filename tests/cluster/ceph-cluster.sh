@@ -45,6 +45,9 @@
 #   CEPH_CLUSTER_TIMEOUT          seconds to wait for readiness (default 60)
 #   CEPH_CLUSTER_KEEP_ON_FAILURE  1 = keep DIR (logs) when start fails
 #   CEPH_CLUSTER_STOP_GRACE       seconds between SIGTERM and SIGKILL (default 3)
+#   CEPH_CLUSTER_CLI_TIMEOUT      cap in seconds on each `ceph` CLI call (default
+#                                 30; the kernel-VM tests raise it: under qemu
+#                                 TCG the python CLI alone can take ~30 s)
 #
 # Layout of DIR: ceph.conf, ceph.client.admin.keyring (0600), mon.a/, mgr.x/,
 # osd.0/, run/ (pid files, admin sockets), log/, crash/, mgr-modules/
@@ -62,6 +65,7 @@ OSD_ID=0
 MARKER=.ceph-cluster-sh
 TIMEOUT=${CEPH_CLUSTER_TIMEOUT:-60}
 STOP_GRACE=${CEPH_CLUSTER_STOP_GRACE:-3}
+CLI_TIMEOUT=${CEPH_CLUSTER_CLI_TIMEOUT:-30}
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
@@ -105,12 +109,12 @@ abs_dir() {
   printf '%s\n' "$d"
 }
 
-# Seconds left until $DEADLINE (at least 5, at most 30): the bound for one
+# Seconds left until $DEADLINE (at least 5, at most $CLI_TIMEOUT): the bound for one
 # command during start/start-osd.
 time_left() {
-  local left=30
+  local left=$CLI_TIMEOUT
   if [ -n "${DEADLINE:-}" ]; then left=$((DEADLINE - $(date +%s))); fi
-  [ "$left" -le 30 ] || left=30
+  [ "$left" -le "$CLI_TIMEOUT" ] || left=$CLI_TIMEOUT
   [ "$left" -ge 5 ] || left=5
   echo "$left"
 }
