@@ -88,7 +88,7 @@ mkdir -p "$mnt"
 
 step "8/9 writing a file, then unmapping and mapping again to read it back"
 echo "hello from an encrypted RBD volume, $(date)" >"$mnt/hello.txt"
-sync
+sync -f "$mnt"
 "$rbdgw" unmap rbd/secure
 "$rbdgw" map rbd/secure --conf "$CEPH_CONF" --encrypted --passphrase-file "$state/passphrase" \
   --attach userspace --mount "$mnt" --fstype ext4 >/dev/null

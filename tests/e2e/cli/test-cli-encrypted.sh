@@ -22,7 +22,7 @@ map --passphrase-file "$TEST_TMP/pass" --pbkdf pbkdf2:1000 >/dev/null
   fail "volume not marked encrypted after its first map"
 marker="plaintext-marker-$RANDOM$RANDOM"
 for i in $(seq 200); do echo "$marker"; done >"$mnt/file"
-sync
+sync -f "$mnt"
 pid=$(jq -r .gateway.pid "$RUN_ROOT/$vol/stash.json")
 grep -q "passphrase=-4" "/proc/$pid/cmdline" || fail "gateway does not read the passphrase from fd 4"
 if tr '\0' '\n' <"/proc/$pid/cmdline" | grep -q "battery"; then fail "passphrase in the gateway's argv"; fi
@@ -35,7 +35,7 @@ kill -9 "$pid"
 cli reattach "$vol" >/dev/null || fail "reattach of the encrypted volume failed"
 grep -q "$marker" "$mnt/file" || fail "file unreadable after the restart"
 echo more >"$mnt/file2"
-sync
+sync -f "$mnt"
 cli unmap "$mnt"
 assert_clean
 if grep -q "rbdgw:$vol:" /proc/keys; then fail "unmap left the passphrase in the keyring"; fi

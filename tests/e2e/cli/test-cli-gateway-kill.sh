@@ -16,7 +16,7 @@ cli map "rbd/$img" --conf "$CEPH_CONF" --mount "$mnt" --attach userspace >/dev/n
 head -c 8M /dev/urandom >"$TEST_TMP/a"
 head -c 40M /dev/urandom >"$TEST_TMP/b"
 cp "$TEST_TMP/a" "$mnt/a"
-sync
+sync -f "$mnt"
 
 # A write in flight while the gateway dies.
 ( cp "$TEST_TMP/b" "$mnt/b" && sync -f "$mnt/b" && touch "$TEST_TMP/writer-ok" ) &
@@ -46,7 +46,7 @@ kill -9 "$(gateway_pid)"
   fail "map of a mapped volume did not print its mount point"
 cli status "rbd/$img" >/dev/null || fail "volume not healthy after map re-adopted it"
 echo after >"$mnt/c"
-sync
+sync -f "$mnt"
 
 cli unmap "rbd/$img"
 assert_clean

@@ -26,7 +26,7 @@ kms() { echo --kms-id "$1" --kms-config "$TEST_TMP/kms.json" --volume-id "$vol";
 # An image with data is never formatted.
 dev=$(cli map "rbd/$full" --conf "$CEPH_CONF" --attach userspace)
 head -c 1M /dev/urandom >"$dev"
-sync
+sync -f "$mnt"
 cli unmap "rbd/$full"
 expect_status 5 cli format "rbd/$full" --conf "$CEPH_CONF" $(kms one) --pbkdf pbkdf2:1000
 grep -q "refusing to format" "$TEST_TMP/err" || fail "message: $(cat "$TEST_TMP/err")"
