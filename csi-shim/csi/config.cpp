@@ -74,33 +74,66 @@ const ClusterEntry* ClusterConfig::find(std::string_view id) const {
   return nullptr;
 }
 
+namespace {
+
+// The StorageClass parameters: the one list parse() and --list-parameters use.
+struct ParamSpec {
+  VolumeParams::Parameter doc;
+  void (*set)(VolumeParams&, const std::string&);
+};
+const ParamSpec kParams[] = {
+    {{"clusterID", "cluster ID of the cluster config (required)"},
+     [](VolumeParams& p, const std::string& v) { p.cluster_id = v; }},
+    {{"pool", "RBD pool of the images (required)"},
+     [](VolumeParams& p, const std::string& v) { p.pool = v; }},
+    {{"dataPool", "data pool of the images (erasure-coded pools)"},
+     [](VolumeParams& p, const std::string& v) { p.data_pool = v; }},
+    {{"imageFeatures", "RBD image features, e.g. \"layering,exclusive-lock\""},
+     [](VolumeParams& p, const std::string& v) {
+       if (!v.empty()) rbd::parse_features(v);  // validates
+       p.image_features = v;
+     }},
+    {{"imageFormat", "\"2\" (the only format)"},
+     [](VolumeParams&, const std::string& v) {
+       if (v != "2") throw Error(EINVAL, cat("parameter 'imageFormat': only \"2\" is supported, not '", v, "'"));
+     }},
+    {{"encrypted", "\"true\" for LUKS2-encrypted volumes (default \"false\")"},
+     [](VolumeParams& p, const std::string& v) {
+       if (v != "true" && v != "false")
+         throw Error(EINVAL, cat("parameter 'encrypted': '", v, "' is not \"true\" or \"false\""));
+       p.encrypted = v == "true";
+     }},
+    {{"encryptionType", "\"block\" (the only type)"},
+     [](VolumeParams&, const std::string& v) {
+       if (v != "block")
+         throw Error(EINVAL, cat("parameter 'encryptionType': only \"block\" is supported, not '", v, "'"));
+     }},
+    {{"encryptionKMSID", "KMS ID of the KMS config (encrypted volumes; default: \"default\")"},
+     [](VolumeParams& p, const std::string& v) { p.kms_id = v; }},
+};
+
+}  // namespace
+
+std::vector<VolumeParams::Parameter> VolumeParams::parameters() {
+  std::vector<Parameter> out;
+  for (const auto& p : kParams) out.push_back(p.doc);
+  return out;
+}
+
 VolumeParams VolumeParams::parse(const StringMap& params) {
   VolumeParams p;
   for (const auto& [k, v] : params) {
-    if (k.rfind("csi.storage.k8s.io/", 0) == 0) continue;
-    if (k == "clusterID") p.cluster_id = v;
-    else if (k == "pool") p.pool = v;
-    else if (k == "dataPool") p.data_pool = v;
-    else if (k == "imageFeatures") p.image_features = v;
-    else if (k == "encryptionKMSID") p.kms_id = v;
-    else if (k == "encrypted") {
-      if (v != "true" && v != "false")
-        throw Error(EINVAL, cat("parameter 'encrypted': '", v, "' is not \"true\" or \"false\""));
-      p.encrypted = v == "true";
-    } else if (k == "imageFormat") {
-      if (v != "2") throw Error(EINVAL, cat("parameter 'imageFormat': only \"2\" is supported, not '", v, "'"));
-    } else if (k == "encryptionType") {
-      if (v != "block")
-        throw Error(EINVAL, cat("parameter 'encryptionType': only \"block\" is supported, not '", v, "'"));
-    } else {
-      throw Error(EINVAL, cat("unknown parameter '", k, "'"));
-    }
+    if (k.rfind(kSidecarPrefix, 0) == 0) continue;
+    const ParamSpec* spec = nullptr;
+    for (const auto& ps : kParams)
+      if (k == ps.doc.key) spec = &ps;
+    if (!spec) throw Error(EINVAL, cat("unknown parameter '", k, "'"));
+    spec->set(p, v);
   }
   if (p.cluster_id.empty()) throw Error(EINVAL, "parameter 'clusterID' is missing");
   if (p.pool.empty()) throw Error(EINVAL, "parameter 'pool' is missing");
   if (!p.kms_id.empty() && !p.encrypted)
     throw Error(EINVAL, cat("parameter 'encryptionKMSID' ('", p.kms_id, "') needs encrypted=\"true\""));
-  if (!p.image_features.empty()) rbd::parse_features(p.image_features);  // validates
   return p;
 }
 
@@ -156,13 +189,25 @@ Options Options::parse(int argc, const char* const* argv, bool& help) {
       {"kms-config", &Options::kms_config},     {"attach", &Options::attach},
       {"state-dir", &Options::state_dir},       {"allowed-root", &Options::allowed_root},
   };
+  const std::pair<const char*, bool Options::*> switches[] = {
+      {"check-config", &Options::check_config}, {"list-parameters", &Options::list_parameters}};
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
     if (a == "--help" || a == "-h") {
       help = true;
       return o;
     }
-    if (a.substr(0, 2) != "--") throw Error(EINVAL, cat("unexpected argument '", a, "'"));
+    bool is_switch = false;
+    for (const auto& [n, f] : switches)
+      if (a.substr(2) == n && a.substr(0, 2) == "--") o.*f = is_switch = true;
+    if (is_switch) continue;
+    if (a.substr(0, 2) != "--") {
+      const auto eq = a.find('=');
+      if (eq == std::string_view::npos || eq == 0)
+        throw Error(EINVAL, cat("unexpected argument '", a, "'"));
+      o.check_parameters[std::string(a.substr(0, eq))] = std::string(a.substr(eq + 1));
+      continue;
+    }
     a.remove_prefix(2);
     std::string name(a), value;
     bool have_value = false;
@@ -181,8 +226,13 @@ Options Options::parse(int argc, const char* const* argv, bool& help) {
     }
     o.*field = value;
   }
-  if (o.endpoint.empty()) throw Error(EINVAL, "--endpoint is required");
+  if (!o.check_parameters.empty() && !o.check_config)
+    throw Error(EINVAL, cat("unexpected argument '", o.check_parameters.begin()->first,
+                            "=...': StorageClass parameters go with --check-config"));
+  if (o.list_parameters) return o;
   if (o.cluster_config.empty()) throw Error(EINVAL, "--cluster-config is required");
+  if (o.check_config) return o;
+  if (o.endpoint.empty()) throw Error(EINVAL, "--endpoint is required");
   o.socket_path();  // validates
   if (o.allowed_root.empty() || o.allowed_root.front() != '/')
     throw Error(EINVAL, cat("--allowed-root '", o.allowed_root, "': not an absolute path"));
@@ -203,6 +253,8 @@ std::string Options::socket_path() const {
 
 const char* usage() {
   return "Usage: rbdgw-csi --endpoint unix:///PATH/csi.sock --cluster-config FILE [options]\n"
+         "       rbdgw-csi --check-config --cluster-config FILE [--kms-config FILE] [KEY=VALUE...]\n"
+         "       rbdgw-csi --list-parameters\n"
          "\n"
          "The CSI (v1) service of rbdgw: RBD volumes for nodes without the kernel\n"
          "rbd/nbd/dm-crypt modules.\n"
@@ -216,7 +268,13 @@ const char* usage() {
          "  --attach MODE          auto | kernel | userspace (default auto)\n"
          "  --state-dir DIR        index of staged volumes (default /var/lib/rbdgw-csi)\n"
          "  --allowed-root DIR     staging/target paths must be below it\n"
-         "                         (default /var/lib/kubelet)\n";
+         "                         (default /var/lib/kubelet)\n"
+         "  --check-config         check the cluster and KMS configs and the StorageClass\n"
+         "                         parameters KEY=VALUE given (clusterID and\n"
+         "                         encryptionKMSID must be configured), then exit\n"
+         "                         (0 good, 2 bad)\n"
+         "  --list-parameters      print the StorageClass parameters accepted, one\n"
+         "                         \"KEY<TAB>description\" a line, and exit\n";
 }
 
 }  // namespace rbdgw::csi

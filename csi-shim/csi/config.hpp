@@ -56,10 +56,19 @@ struct VolumeParams {
   bool encrypted = false;       // encrypted: "true" | "false"
   std::string kms_id;           // encryptionKMSID (only with encrypted)
 
-  // Parses parameters; keys with the "csi.storage.k8s.io/" prefix (set by
-  // the Kubernetes sidecars) are ignored, any other unknown key is an
-  // error. Throws Error(EINVAL) naming the key.
+  // Keys with this prefix are set by the Kubernetes sidecars; ignored.
+  static constexpr const char* kSidecarPrefix = "csi.storage.k8s.io/";
+
+  // Parses parameters; sidecar keys are ignored, any other key not in
+  // parameters() is an error. Throws Error(EINVAL) naming the key.
   static VolumeParams parse(const StringMap& params);
+
+  struct Parameter {
+    const char* key;
+    const char* help;
+  };
+  // The accepted parameters (for --list-parameters), in a fixed order.
+  static std::vector<Parameter> parameters();
 
   // A canonical one-line form, recorded in image metadata to detect a
   // CreateVolume that reuses a name with other parameters.
@@ -110,9 +119,14 @@ struct Options {
   std::string attach = "auto";     // auto | kernel | userspace
   std::string state_dir = "/var/lib/rbdgw-csi";
   std::string allowed_root = "/var/lib/kubelet";
+  bool check_config = false;       // --check-config: validate the configs and exit
+  bool list_parameters = false;    // --list-parameters: print the SC parameters and exit
+  StringMap check_parameters;      // KEY=VALUE arguments (only with --check-config)
 
   // Parses argv ("--name=value" or "--name value"). Throws Error(EINVAL)
   // naming an unknown or malformed flag; --help is reported via help=true.
+  // --endpoint is not needed with --check-config or --list-parameters,
+  // --cluster-config not with --list-parameters.
   static Options parse(int argc, const char* const* argv, bool& help);
   // The unix socket path of endpoint; throws Error(EINVAL) otherwise.
   std::string socket_path() const;

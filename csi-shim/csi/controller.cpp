@@ -60,6 +60,7 @@ CreatedVolume Controller::create(const std::string& name, const VolumeParams& pa
                                  const StringMap& secrets) {
   const ClusterEntry& entry = cluster_for(clusters_, params.cluster_id);
   const std::uint64_t size = size_for_range(required_bytes, limit_bytes);
+  if (params.encrypted) check_kms(params.kms_id, secrets);
   auto cluster = rbd::Cluster::connect(cluster_options(entry, secrets));
   rbd::IoCtx io = cluster.open_ioctx(params.pool, entry.rados_namespace);
 

@@ -1,64 +1,48 @@
 #include "csi/encryption.hpp"
 
-#include <nlohmann/json.hpp>
-
-#include <fstream>
-#include <mutex>
-#include <sstream>
+#include <algorithm>
 
 #include "common/error.hpp"
-#include "kms/secrets_kms.hpp"
+#include "kms/config.hpp"
 #include "kms/volume_encryption.hpp"
 
 namespace rbdgw::csi {
 
 namespace {
 
-// KMS ID -> encryptionKMSType, from --kms-config. Set once at start.
-// TODO(kms): replace with lib/kms's KMS configuration once it lands there.
-std::map<std::string, std::string> g_kms_types;
-
-std::shared_ptr<kms::EncryptionKMS> kms_for(const std::string& kms_id, const StringMap& secrets) {
-  auto pass = secrets.find(kms::passphrase_secret_key);
-  const std::string name = kms_id.empty() ? kms::default_kms_id : kms_id;
-  if (pass == secrets.end() || pass->second.empty())
-    throw Error(EINVAL, cat("KMS '", name, "': secret '", kms::passphrase_secret_key, "' is missing"));
-  SecretBuffer passphrase(pass->second);
-  if (name == kms::default_kms_id) return kms::make_default_kms(name, std::move(passphrase));
-  auto type = g_kms_types.find(name);
-  if (type == g_kms_types.end())
-    throw Error(EINVAL, cat("encryptionKMSID '", name, "' is not in the KMS configuration"));
-  if (type->second == "metadata") return kms::make_metadata_kms(name, std::move(passphrase));
-  throw Error(EINVAL, cat("encryptionKMSID '", name, "': unsupported encryptionKMSType '",
-                          type->second, "'"));
-}
+// From --kms-config; set once at start, before any request.
+kms::KMSConfig g_config;
 
 }  // namespace
 
 void load_kms_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw_errno("KMS config", path, errno ? errno : ENOENT);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json doc;
+  kms::KMSConfig config = kms::KMSConfig::load(path);
+  config.validate();
+  g_config = std::move(config);
+}
+
+void check_kms_id(const std::string& kms_id) {
+  const auto ids = g_config.ids();
+  if (kms_id.empty() || kms_id == kms::default_kms_id ||
+      std::find(ids.begin(), ids.end(), kms_id) != ids.end())
+    return;
+  std::string known;
+  for (const auto& k : ids) known += (known.empty() ? "" : ", ") + k;
+  throw Error(EINVAL, cat("encryptionKMSID '", kms_id, "' is not in the KMS config (known: ",
+                          known.empty() ? "none" : known, ")"));
+}
+
+void check_kms(const std::string& kms_id, const StringMap& secrets) {
   try {
-    doc = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(EINVAL, cat("KMS config ", path, ": not valid JSON: ", e.what()));
-  }
-  if (!doc.is_object()) throw Error(EINVAL, cat("KMS config ", path, ": expected a JSON object"));
-  for (const auto& [id, entry] : doc.items()) {
-    if (!entry.is_object() || !entry.contains("encryptionKMSType") ||
-        !entry["encryptionKMSType"].is_string())
-      throw Error(EINVAL, cat("KMS config ", path, ": KMS ID '", id,
-                              "': \"encryptionKMSType\" is missing"));
-    g_kms_types[id] = entry["encryptionKMSType"].get<std::string>();
+    g_config.build(kms_id, secrets);
+  } catch (const Error& e) {
+    throw Error(EINVAL, e.what());  // a bad StorageClass parameter or secret
   }
 }
 
 void prepare_encryption(rbd::Image& image, const VolumeId& id, const std::string& kms_id,
                         const StringMap& secrets) {
-  kms::VolumeEncryption ve(kms_for(kms_id, secrets), image, id.str());
+  kms::VolumeEncryption ve(g_config.build(kms_id, secrets), image, id.str());
   if (ve.state() == kms::EncryptionState::prepared || ve.state() == kms::EncryptionState::encrypted)
     return;  // a retried CreateVolume: keep the DEK
   ve.create_dek();
@@ -66,7 +50,7 @@ void prepare_encryption(rbd::Image& image, const VolumeId& id, const std::string
 
 SecretBuffer volume_passphrase(rbd::Image& image, const VolumeId& id, const std::string& kms_id,
                                const StringMap& secrets) {
-  kms::VolumeEncryption ve(kms_for(kms_id, secrets), image, id.str());
+  kms::VolumeEncryption ve(g_config.build(kms_id, secrets), image, id.str());
   return ve.passphrase();
 }
 
@@ -76,7 +60,7 @@ void remove_encryption(rbd::Image& image, const VolumeId& id, const std::string&
   // the image's metadata, which goes with the image: without the KMS secret
   // there is nothing else to remove.
   if (!secrets.count(kms::passphrase_secret_key)) return;
-  kms::VolumeEncryption ve(kms_for(kms_id, secrets), image, id.str());
+  kms::VolumeEncryption ve(g_config.build(kms_id, secrets), image, id.str());
   ve.remove_dek();
 }
 

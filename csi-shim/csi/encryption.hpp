@@ -15,9 +15,21 @@
 
 namespace rbdgw::csi {
 
-// Loads the KMS configuration (ceph-csi-encryption-kms-config JSON) once at
-// start; "" = none. Throws Error naming the file and the bad entry.
+// Loads and validates the KMS configuration (ceph-csi-encryption-kms-config
+// JSON, lib/kms KMSConfig) once at start; without it only the default KMS
+// (passphrase in the request's secrets) exists. Throws Error naming the
+// file, or the KMS ID and key of the bad entry.
 void load_kms_config(const std::string& path);
+
+// Checks that a StorageClass's encryptionKMSID ("" = default) can be
+// built from the configuration (its secret is not needed yet). Throws
+// Error(EINVAL) naming the KMS ID and the known ones.
+void check_kms_id(const std::string& kms_id);
+
+// CreateVolume's argument check, before anything is made: the KMS exists
+// in the configuration and has its secret. Throws Error(EINVAL) naming the
+// KMS ID and the cause.
+void check_kms(const std::string& kms_id, const StringMap& secrets);
 
 // Creates and stores the DEK of a new volume and tags the image
 // encryptionPrepared. Idempotent: an existing DEK is kept.

@@ -1,5 +1,6 @@
 // rbdgw-csi: the CSI gRPC service. Thin: parse flags, load configuration,
-// re-adopt staged volumes, serve until SIGTERM/SIGINT.
+// re-adopt staged volumes, serve until SIGTERM/SIGINT. --check-config and
+// --list-parameters answer and exit (for deployment checks).
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -20,9 +21,27 @@
 using namespace rbdgw;
 using namespace rbdgw::csi;
 
+static int list_parameters() {
+  for (const auto& p : VolumeParams::parameters()) std::printf("%s\t%s\n", p.key, p.help);
+  return 0;
+}
+
 static int run(const Options& opt) {
   ClusterConfig clusters = ClusterConfig::load(opt.cluster_config);
   if (!opt.kms_config.empty()) load_kms_config(opt.kms_config);
+  if (opt.check_config) {
+    if (!opt.check_parameters.empty()) {
+      const VolumeParams p = VolumeParams::parse(opt.check_parameters);
+      if (!clusters.find(p.cluster_id))
+        throw Error(EINVAL, cat("parameter 'clusterID': '", p.cluster_id,
+                                "' is not in the cluster config ", opt.cluster_config));
+      if (p.encrypted) check_kms_id(p.kms_id);
+      std::printf("parameters OK: %s\n", p.canonical().c_str());
+    }
+    std::printf("configuration OK: %zu cluster(s)%s\n", clusters.entries().size(),
+                opt.kms_config.empty() ? "" : ", KMS config valid");
+    return 0;
+  }
   std::filesystem::create_directories(opt.state_dir);
   ::chmod(opt.state_dir.c_str(), 0700);
 
@@ -81,7 +100,7 @@ int main(int argc, char** argv) {
       std::fputs(usage(), stdout);
       return 0;
     }
-    return run(opt);
+    return opt.list_parameters ? list_parameters() : run(opt);
   } catch (const Error& e) {
     log::error(e.what());
     return e.code() == EINVAL ? 2 : 1;

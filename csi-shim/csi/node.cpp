@@ -1,19 +1,17 @@
 #include "csi/node.hpp"
 
 #include <fcntl.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <filesystem>
 
-#include "attach/process.hpp"
 #include "common/error.hpp"
 #include "common/log.hpp"
 #include "csi/encryption.hpp"
 #include "csi/mounts.hpp"
+#include "kms/image_meta.hpp"
 #include "rbd/image.hpp"
 
 namespace fs = std::filesystem;
@@ -26,17 +24,6 @@ std::string host_name() {
   char buf[256] = {0};
   if (::gethostname(buf, sizeof buf - 1) != 0) throw_errno("gethostname", "", errno);
   return buf;
-}
-
-std::uint64_t block_device_size(const std::string& dev) {
-  int fd = ::open(dev.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw_errno("open", dev, errno);
-  std::uint64_t size = 0;
-  int r = ::ioctl(fd, BLKGETSIZE64, &size);
-  int err = errno;
-  ::close(fd);
-  if (r != 0) throw_errno("ioctl BLKGETSIZE64", dev, err);
-  return size;
 }
 
 std::string value_or(const StringMap& m, const std::string& key, const std::string& def = {}) {
@@ -109,7 +96,7 @@ void Node::stage(const VolumeId& id, const std::string& staging, const Capabilit
   attach::Volume v;
   {
     rbd::Image img = rbd::Image::open(loc.io, loc.image);
-    v.encrypted = img.get_meta(attach::kEncryptionMetaKey).has_value() ||
+    v.encrypted = kms::get_state(img) != kms::EncryptionState::none ||
                   value_or(context, "encrypted") == "true";
     if (v.encrypted) {
       const std::string kms = img.get_meta(kMetaKmsId).value_or(value_or(context, "encryptionKMSID"));
@@ -196,7 +183,7 @@ VolumeStats Node::stats(const VolumeId& id, const std::string& path) {
   VolumeStats out;
   if (S_ISBLK(st.st_mode)) {
     out.block = true;
-    out.total_bytes = static_cast<std::int64_t>(block_device_size(path));
+    out.total_bytes = static_cast<std::int64_t>(attach::device_size(path));
   } else {
     if (!is_mount_point(path))
       throw Error(ENOENT, cat("volume '", id.str(), "' is not mounted at '", path, "'"));
@@ -225,49 +212,12 @@ std::uint64_t Node::expand(const VolumeId& id, const std::string& path, std::uin
   auto stash = indexed_stash(id);
   if (!stash || !fs::exists(*stash))
     throw Error(ENOENT, cat("volume '", id.str(), "' is not staged on this node"));
-  attach::Stash s = attach::load_stash(*stash);
-  if (!s.complete) throw Error(EBUSY, cat("volume '", id.str(), "' is not completely staged"));
-  if (!s.fuse_file.empty()) refresh_userspace_size(s, *stash, required);
-  // Make the block device see the grown image, then grow the filesystem.
-  if (!s.loop_device.empty()) attach::run_checked({"losetup", "-c", s.loop_device});
-  if (!s.block) {
-    if (s.fstype == "xfs") attach::run_checked({"xfs_growfs", s.target});
-    else attach::run_checked({"resize2fs", s.device});
-  }
-  log::info("NodeExpandVolume: ", id.str(), " at ", path);
-  return block_device_size(s.device);
-}
-
-// The gateway reports the image size at connect time and the FUSE exporter
-// refreshes it on every reconnect: restart the gateway (lib/attach's
-// readopt restarts a dead one with the kept secrets), then make the exporter
-// reconnect with a direct read until the file shows the new size.
-// TODO(attach): move into lib/attach as a size refresh.
-void Node::refresh_userspace_size(const attach::Stash& s, const std::string& stash,
-                                  std::uint64_t required) {
-  const std::uint64_t before = fs::file_size(s.fuse_file);
-  if (required > 0 && before >= required) return;
-  if (!s.block) {
-    int fd = ::open(s.target.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-      ::syncfs(fd);
-      ::close(fd);
-    }
-  }
-  attach::stop_process(s.gateway, std::chrono::milliseconds(5000));
-  attach::readopt(stash, attach_options(stash));
-  for (int i = 0; i < 300; ++i) {
-    int fd = ::open(s.fuse_file.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      char buf[4096];
-      (void)!::pread(fd, buf, sizeof buf, 0);
-      ::close(fd);
-    }
-    const std::uint64_t now = fs::file_size(s.fuse_file);
-    if (required > 0 ? now >= required : now != before) return;
-    ::usleep(100 * 1000);
-  }
-  log::warn("NodeExpandVolume: ", s.volume_id, ": the exporter still shows ", before, " bytes");
+  const std::uint64_t size = attach::refresh_size(*stash, attach_options(*stash));
+  if (size < required)
+    throw Error(ERANGE, cat("volume '", id.str(), "' shows ", size, " bytes after the refresh, less "
+                            "than the required ", required, " (was the image expanded?)"));
+  log::info("NodeExpandVolume: ", id.str(), " at ", path, ": ", size, " bytes");
+  return size;
 }
 
 void Node::readopt_all() {

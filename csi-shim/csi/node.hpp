@@ -60,8 +60,8 @@ class Node {
   // Usage of a staged or published path. ENOENT when path does not exist.
   VolumeStats stats(const VolumeId& id, const std::string& path);
   // Makes the staged volume's device see the grown image and grows the
-  // filesystem to it; returns the device size in bytes. required (0 =
-  // unknown) is the size the device should reach.
+  // filesystem to it (attach::refresh_size); returns the device size in
+  // bytes. ERANGE when that is below required (0 = unknown).
   std::uint64_t expand(const VolumeId& id, const std::string& path, std::uint64_t required);
 
   // Re-adopts every volume in the index (restarts dead gateways), never
@@ -76,8 +76,6 @@ class Node {
   // The complete stash for the volume, found by the index; EBUSY when none.
   attach::Stash staged_stash(const VolumeId& id, const std::string& staging) const;
   attach::AttachOptions attach_options(const std::string& stash) const;
-  void refresh_userspace_size(const attach::Stash& s, const std::string& stash,
-                              std::uint64_t required);
 
   const Controller& controller_;
   VolumeLocks& locks_;

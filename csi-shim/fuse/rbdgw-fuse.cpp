@@ -2,7 +2,7 @@
 // file through FUSE, for a loop device to sit on.
 //
 //   rbdgw-fuse [--name NAME] [--readonly] [--connections N]
-//              [--reconnect-timeout SECONDS] SOCKET FILE
+//              [--reconnect-timeout SECONDS] [--size-file PATH] SOCKET FILE
 //
 // FILE (an existing regular file) is covered by a FUSE mount whose root is
 // the export. Unlike nbdfuse it survives a restart of the NBD server: a
@@ -11,6 +11,13 @@
 // timeout passes, then EIO). NBD reads and writes are idempotent, so a
 // retried request is safe; fsync maps to NBD FLUSH, so what the filesystem
 // above flushed survives a kill -9 of the server.
+//
+// SIGUSR1 re-reads the export size (after the image grew) on a new
+// connection, without a restart: pooled connections made before are
+// replaced as they are next used (the server checks requests against the
+// size of their connection), and the new size is written (atomically, as
+// decimal text) to the --size-file, telling the sender that the file shows
+// it (after at most the 1 s attribute timeout).
 //
 // Runs in the foreground; SIGTERM/SIGINT unmount and exit. Messages go to
 // stderr (the caller's log file).
@@ -30,6 +37,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <mutex>
@@ -42,7 +50,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct Options {
-  std::string socket, file, name = "rbdgw";
+  std::string socket, file, name = "rbdgw", size_file;
   bool read_only = false;
   int connections = 4;
   int reconnect_timeout = 300;
@@ -123,6 +131,10 @@ int with_connection(Op op) {
   auto backoff = std::chrono::milliseconds(20);
   bool reported = false;
   nbd_handle* h = pool->borrow();
+  if (h && nbd_get_size(h) != export_size) {  // made before a size refresh
+    nbd_close(h);
+    h = nullptr;
+  }
   for (;;) {
     std::string why;
     if (!h) h = connect_once(&why);
@@ -152,6 +164,38 @@ int with_connection(Op op) {
     }
     std::this_thread::sleep_for(backoff);
     backoff = std::min(backoff * 2, std::chrono::milliseconds(500));
+  }
+}
+
+// Writes the export size to --size-file (temp file + rename).
+void write_size_file() {
+  if (opts.size_file.empty()) return;
+  const std::string tmp = opts.size_file + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (!f) {
+    say(tmp + ": " + std::strerror(errno));
+    return;
+  }
+  std::fprintf(f, "%lld\n", static_cast<long long>(export_size.load()));
+  if (std::fclose(f) != 0 || std::rename(tmp.c_str(), opts.size_file.c_str()) != 0)
+    say(opts.size_file + ": " + std::strerror(errno));
+}
+
+// Serves SIGUSR1 (blocked in every thread): re-reads the size on a new
+// connection (which updates export_size).
+void refresh_loop(sigset_t set) {
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0) continue;
+    std::string why;
+    nbd_handle* h = connect_once(&why);
+    if (!h) {
+      say("size refresh: connect to " + opts.socket + ": " + why);
+      continue;
+    }
+    nbd_close(h);
+    say("export size is " + std::to_string(export_size.load()) + " bytes");
+    write_size_file();
   }
 }
 
@@ -229,7 +273,7 @@ int fs_truncate(const char*, off_t size, fuse_file_info*) {
 [[noreturn]] void usage(const std::string& msg) {
   std::fprintf(stderr,
                "rbdgw-fuse: %s\nusage: rbdgw-fuse [--name NAME] [--readonly] [--connections N] "
-               "[--reconnect-timeout SECONDS] SOCKET FILE\n",
+               "[--reconnect-timeout SECONDS] [--size-file PATH] SOCKET FILE\n",
                msg.c_str());
   std::exit(2);
 }
@@ -253,6 +297,7 @@ void parse_args(int argc, char** argv) {
     };
     if (a == "--name") opts.name = value();
     else if (a == "--readonly") opts.read_only = true;
+    else if (a == "--size-file") opts.size_file = value();
     else if (a == "--connections") opts.connections = parse_int(value(), "--connections", 1, 64);
     else if (a == "--reconnect-timeout")
       opts.reconnect_timeout = parse_int(value(), "--reconnect-timeout", 0, 86400 * 365);
@@ -275,6 +320,11 @@ int main(int argc, char** argv) {
     say(opts.file + ": not an existing regular file");
     return 1;
   }
+  // Before any thread starts, so that only refresh_loop takes SIGUSR1.
+  sigset_t refresh;
+  sigemptyset(&refresh);
+  sigaddset(&refresh, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &refresh, nullptr);
   std::string why;
   nbd_handle* first = connect_once(&why);
   if (!first) {
@@ -283,6 +333,7 @@ int main(int argc, char** argv) {
   }
   Pool connections(opts.connections, first);
   pool = &connections;
+  std::thread(refresh_loop, refresh).detach();
 
   fuse_operations ops{};
   ops.init = fs_init;

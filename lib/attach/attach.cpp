@@ -5,6 +5,9 @@
 #include "attach/attach.hpp"
 
 #include <fcntl.h>
+#include <linux/fs.h>
+#include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -92,10 +95,25 @@ void wait_ready(const ProcessRef& p, const std::string& what, const std::string&
   }
 }
 
+// Pid files the daemons write themselves before they run (spawn_detached),
+// so that detach() finds one whose start the caller did not live to record.
+std::string gateway_pid_file(const Stash& s) { return s.run_dir + "/gateway.pid"; }
+std::string fuse_pid_file(const Stash& s) { return s.run_dir + "/fuse.pid"; }
+std::string size_file(const Stash& s) { return s.run_dir + "/size"; }
+
+// The daemon named by a pid file in the run dir, if it is alive and ours.
+ProcessRef stray(const Stash& s, const std::string& pid_file) {
+  return stray_process(pid_file, s.run_dir + "/");
+}
+
 // Starts the gateway for s on s.socket, with the secrets on fds 3 and 4.
+// A gateway left by an earlier start that was not recorded is stopped
+// first; the new one is recorded (save) before it is waited for.
 void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
-                   const SecretBuffer* passphrase, std::chrono::seconds timeout) {
+                   const SecretBuffer* passphrase, std::chrono::seconds timeout,
+                   const std::function<void()>& save) {
   const std::string pidfile = s.run_dir + "/nbdkit.pid";
+  stop_process(stray(s, gateway_pid_file(s)), 10s);
   ::unlink(s.socket.c_str());
   ::unlink(pidfile.c_str());
   GatewayArgs a{s.socket, pidfile, s.image, s.conf_file, s.mon_host, s.user_id, s.keyring,
@@ -116,7 +134,8 @@ void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
     pass.push_back({fds.back(), kPassphraseFd});
     a.passphrase_fd = kPassphraseFd;
   }
-  s.gateway = spawn_detached(gateway_argv(tools, a), s.gateway_log, pass);
+  s.gateway = spawn_detached(gateway_argv(tools, a), s.gateway_log, pass, gateway_pid_file(s));
+  save();
   wait_ready(s.gateway, cat("gateway for ", s.image), s.gateway_log, timeout, [&] {
     struct stat st;
     return ::stat(pidfile.c_str(), &st) == 0 && st.st_size > 0 &&
@@ -285,12 +304,16 @@ void ensure_filesystem(const Stash& s, const ImageState& image, const AttachOpti
                           ", not ", s.fstype, "; refusing to format a volume that holds data"));
 }
 
-// The loop device's backing file, empty when it has none.
-std::string loop_backing_file(const std::string& loop) {
-  std::ifstream f(cat("/sys/block/", fs::path(loop).filename().string(), "/loop/backing_file"));
-  std::string p;
-  std::getline(f, p);
-  return p;
+// The loop devices backed by file (recorded or not).
+std::vector<std::string> loops_on(const std::string& file) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/sys/block", ec)) {
+    std::ifstream f(e.path() / "loop/backing_file");
+    std::string p;
+    if (std::getline(f, p) && p == file) out.push_back("/dev/" + e.path().filename().string());
+  }
+  return out;
 }
 
 }  // namespace
@@ -383,21 +406,23 @@ Stash attach(const Volume& v, const AttachOptions& o) {
     if (s.cephx_key_in_keyring) keyring_store(v.id, kCephx, v.cluster.key);
     progress(o, cat("starting the gateway for ", s.image));
     start_gateway(s, o.tools, s.cephx_key_in_keyring ? &v.cluster.key : nullptr,
-                  gateway_decrypts ? &v.passphrase : nullptr, o.timeout);
-    save();
+                  gateway_decrypts ? &v.passphrase : nullptr, o.timeout, save);
 
     if (mode == Mode::userspace) {
       s.fuse_file = s.run_dir + "/disk";
       std::ofstream(s.fuse_file).close();
       ::chmod(s.fuse_file.c_str(), 0600);
-      s.fuse = spawn_detached(fuse_argv(o.tools, s.socket, s.fuse_file, "rbdgw:" + v.id, v.read_only),
-                              s.run_dir + "/fuse.log");
+      save();
+      s.fuse = spawn_detached(fuse_argv(o.tools, s.socket, s.fuse_file, "rbdgw:" + v.id,
+                                        v.read_only, size_file(s)),
+                              s.run_dir + "/fuse.log", {}, fuse_pid_file(s));
       save();
       wait_ready(s.fuse, "FUSE exporter", s.run_dir + "/fuse.log", o.timeout,
                  [&] { return is_mountpoint(s.fuse_file); });
       std::vector<std::string> losetup = {"losetup", "--find", "--show", "--direct-io=off"};
       if (v.read_only) losetup.push_back("--read-only");
       losetup.push_back(s.fuse_file);
+      // A loop device made just before a crash is found by its backing file.
       std::string dev = run_checked(losetup);
       s.loop_device = dev.substr(0, dev.find('\n'));
       s.device = s.loop_device;
@@ -460,8 +485,8 @@ void detach(const std::string& stash_path) {
   if (!s.nbd_device.empty() &&
       fs::exists(cat("/sys/block/", fs::path(s.nbd_device).filename().string(), "/pid")))
     run_checked({"nbd-client", "-d", s.nbd_device});
-  if (!s.loop_device.empty() && !s.fuse_file.empty() && loop_backing_file(s.loop_device) == s.fuse_file)
-    run_checked({"losetup", "--detach", s.loop_device});
+  if (!s.fuse_file.empty())
+    for (const auto& loop : loops_on(s.fuse_file)) run_checked({"losetup", "--detach", loop});
   if (!s.fuse_file.empty()) {
     // The loop device may let go of the file a moment after losetup -d.
     for (int i = 0; is_mountpoint(s.fuse_file); ++i) {
@@ -473,12 +498,60 @@ void detach(const std::string& stash_path) {
     stop_process(s.fuse, 5s);
   }
   stop_process(s.gateway, 10s);
+  // Daemons started but not recorded (the caller died in between).
+  if (!s.run_dir.empty()) {
+    stop_process(stray(s, fuse_pid_file(s)), 5s);
+    stop_process(stray(s, gateway_pid_file(s)), 10s);
+  }
   keyring_remove(s.volume_id, kPassphrase);
   keyring_remove(s.volume_id, kCephx);
   std::error_code ec;
   if (!s.run_dir.empty()) fs::remove_all(s.run_dir, ec);
   if (ec) throw Error(ec.value(), cat("remove ", s.run_dir, ": ", ec.message()));
   if (::unlink(stash_path.c_str()) < 0 && errno != ENOENT) throw_errno("unlink", stash_path, errno);
+}
+
+std::uint64_t device_size(const std::string& device) {
+  int fd = ::open(device.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_errno("open", device, errno);
+  std::uint64_t size = 0;
+  int r = ::ioctl(fd, BLKGETSIZE64, &size);
+  int e = errno;
+  ::close(fd);
+  if (r != 0) throw_errno("ioctl BLKGETSIZE64", device, e);
+  return size;
+}
+
+std::uint64_t refresh_size(const std::string& stash_path, const AttachOptions& o) {
+  const Stash s = load_stash(stash_path);
+  if (!s.complete) throw Error(EBUSY, cat("volume ", s.volume_id, ": not completely attached"));
+  if (s.mode == Mode::kernel)
+    throw Error(ENOTSUP, cat("volume ", s.volume_id, ": the kernel path cannot show a new size "
+                             "in place; detach it and attach it again"));
+  if (!alive(s.fuse))
+    throw Error(EIO, cat("volume ", s.volume_id, ": its FUSE exporter died; detach it and attach again"));
+  progress(o, cat("refreshing the size of ", s.volume_id, " (", s.image, ")"));
+  const std::string size_path = size_file(s), log_path = s.run_dir + "/fuse.log";
+  ::unlink(size_path.c_str());
+  if (::kill(s.fuse.pid, SIGUSR1) < 0)
+    throw_errno("kill SIGUSR1", cat("FUSE exporter of ", s.volume_id), errno);
+  std::uint64_t size = 0;
+  wait_ready(s.fuse, "FUSE exporter (size refresh)", log_path, o.timeout, [&] {
+    std::ifstream f(size_path);
+    return static_cast<bool>(f >> size);
+  });
+  // The kernel takes the new size when the file's attributes time out (1 s).
+  wait_ready(s.fuse, cat("FUSE file ", s.fuse_file, " (size ", size, ")"), log_path, o.timeout, [&] {
+    struct stat st;
+    return ::stat(s.fuse_file.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == size;
+  });
+  run_checked({"losetup", "--set-capacity", s.loop_device});
+  if (!s.block && !s.read_only) {
+    progress(o, cat("growing the ", s.fstype, " filesystem on ", s.target));
+    if (s.fstype == "xfs") run_checked({"xfs_growfs", s.target});
+    else run_checked({"resize2fs", s.device});
+  }
+  return device_size(s.device);
 }
 
 VolumeStatus readopt(const std::string& stash_path, const AttachOptions& o) {
@@ -497,9 +570,10 @@ VolumeStatus readopt(const std::string& stash_path, const AttachOptions& o) {
     const auto cluster = cluster_options(s, key);
     const auto spec = rbd::ImageSpec::parse(s.image);
     fence_dead_gateway(cluster, spec, s.gateway_client);
-    start_gateway(s, o.tools, key ? &*key : nullptr, pass ? &*pass : nullptr, o.timeout);
+    const auto save = [&] { save_stash(s, stash_path); };
+    start_gateway(s, o.tools, key ? &*key : nullptr, pass ? &*pass : nullptr, o.timeout, save);
     if (!s.read_only) s.gateway_client = gateway_client(cluster, spec, 5s);
-    save_stash(s, stash_path);
+    save();
   }
   VolumeStatus st = status(s);
   if (s.mode == Mode::userspace && !st.fuse_alive)

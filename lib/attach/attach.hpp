@@ -70,10 +70,6 @@
 
 namespace rbdgw::attach {
 
-// Image metadata key of the encryption state (ceph-csi's; lib/kms reads and
-// writes it: kms::get_state / kms::set_state).
-inline constexpr const char* kEncryptionMetaKey = kms::meta_state_key;
-
 // Default parent of the per-volume run dirs.
 inline constexpr const char* kRunRoot = "/run/rbdgw";
 
@@ -200,10 +196,10 @@ struct GatewayArgs {
   bool read_only = false;
 };
 std::vector<std::string> gateway_argv(const Tools& t, const GatewayArgs& a);
-// rbdgw-fuse [--name NAME] [--readonly] SOCKET FILE
+// rbdgw-fuse [--name NAME] [--readonly] --size-file SIZE_FILE SOCKET FILE
 std::vector<std::string> fuse_argv(const Tools& t, const std::string& socket,
                                    const std::string& fuse_file, const std::string& name,
-                                   bool read_only);
+                                   bool read_only, const std::string& size_file);
 std::vector<std::string> nbd_client_argv(const std::string& socket, const std::string& nbd_device);
 // Throws Error(EINVAL) for an fstype other than ext4 or xfs.
 std::vector<std::string> mkfs_argv(const std::string& fstype, const std::string& device);
@@ -216,6 +212,18 @@ Stash attach(const Volume& v, const AttachOptions& o);
 // remove the run dir and the stash. A missing stash is success. Throws
 // Error(EBUSY) (and stops, keeping the stash) when the target is in use.
 void detach(const std::string& stash_path);
+
+// Makes an attached volume show its image's current size (after the image
+// was grown): the FUSE exporter re-reads the export size (SIGUSR1, the
+// gateway keeps running), the loop device its capacity, and a mounted
+// read-write filesystem grows to fill it (resize2fs / xfs_growfs). Returns
+// the block device's size in bytes. Throws Error(EBUSY) for an incomplete
+// attach, EIO when the exporter is dead or does not answer within
+// o.timeout, ENOTSUP on the kernel path (detach and attach again there).
+std::uint64_t refresh_size(const std::string& stash_path, const AttachOptions& o);
+
+// The size in bytes of a block device (BLKGETSIZE64). Throws Error.
+std::uint64_t device_size(const std::string& device);
 
 struct VolumeStatus {
   Stash stash;

@@ -74,10 +74,19 @@ void write_full(int fd, const void* buf, size_t n) {
   }
 }
 
+// Writes the calling process's pid to fd as decimal text; async-signal-safe.
+void write_own_pid(int fd) {
+  char buf[24];
+  char* p = buf + sizeof buf;
+  *--p = '\n';
+  for (pid_t v = ::getpid(); v > 0; v /= 10) *--p = static_cast<char>('0' + v % 10);
+  write_full(fd, p, static_cast<size_t>(buf + sizeof buf - p));
+}
+
 }  // namespace
 
 ProcessRef spawn_detached(const std::vector<std::string>& argv, const std::string& log_path,
-                          const std::vector<PassFd>& pass) {
+                          const std::vector<PassFd>& pass, const std::string& pid_file) {
   if (argv.empty()) throw Error(EINVAL, "spawn: empty command");
   const std::string exe = resolve(argv[0]);
   auto args = c_argv(argv);
@@ -85,6 +94,9 @@ ProcessRef spawn_detached(const std::vector<std::string>& argv, const std::strin
   if (log.fd < 0) throw_errno("open", log_path, errno);
   Fd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (devnull.fd < 0) throw_errno("open", "/dev/null", errno);
+  Fd pidf(pid_file.empty() ? -1
+                           : ::open(pid_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!pid_file.empty() && pidf.fd < 0) throw_errno("open", pid_file, errno);
   // Move passed fds out of the way of the target numbers.
   std::vector<std::unique_ptr<Fd>> high;
   for (const auto& p : pass) {
@@ -110,6 +122,7 @@ ProcessRef spawn_detached(const std::vector<std::string>& argv, const std::strin
       ::_exit(gc < 0 ? 1 : 0);
     }
     ::signal(SIGHUP, SIG_DFL);
+    if (pidf.fd >= 0) write_own_pid(pidf.fd);
     ::dup2(devnull.fd, 0);
     ::dup2(log.fd, 1);
     ::dup2(log.fd, 2);
@@ -248,6 +261,18 @@ void stop_process(const ProcessRef& p, std::chrono::milliseconds grace) {
   if (wait_gone(grace)) return;
   ::kill(p.pid, SIGKILL);
   if (!wait_gone(10s)) throw Error(EBUSY, cat("kill: process ", p.pid, " did not exit"));
+}
+
+ProcessRef stray_process(const std::string& pid_file, const std::string& marker) {
+  std::ifstream f(pid_file);
+  long pid = 0;
+  if (!(f >> pid) || pid <= 0) return {};
+  std::ifstream c(cat("/proc/", pid, "/cmdline"));
+  std::stringstream cmd;
+  cmd << c.rdbuf();
+  const ProcessRef p{static_cast<pid_t>(pid), process_start_time(static_cast<pid_t>(pid))};
+  if (cmd.str().find(marker) == std::string::npos || !alive(p)) return {};
+  return p;
 }
 
 int secret_pipe(const SecretBuffer& secret) {

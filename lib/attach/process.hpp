@@ -21,9 +21,15 @@ struct PassFd {
 // Starts argv[0] (searched in PATH) as a daemon that outlives the caller:
 // double fork, new session, stdin /dev/null, stdout+stderr appended to
 // log_path, only the `pass` descriptors inherited. Returns its identity.
-// Throws Error when the program cannot be started.
+// When pid_file is given, the daemon writes its pid there (0600) before it
+// executes argv, so it can be found (stray_process) even if the caller dies
+// before it learns the pid. Throws Error when the program cannot be started.
 ProcessRef spawn_detached(const std::vector<std::string>& argv, const std::string& log_path,
-                          const std::vector<PassFd>& pass = {});
+                          const std::vector<PassFd>& pass = {}, const std::string& pid_file = {});
+
+// The live process named by pid_file whose command line mentions `marker`
+// (a path of its own, against pid reuse); pid 0 if there is none.
+ProcessRef stray_process(const std::string& pid_file, const std::string& marker);
 
 struct CommandResult {
   int status = 0;  // exit status, or 128+signal

@@ -55,6 +55,33 @@ SecretBuffer passphrase_for(const std::string& id, const json& entry, const Secr
                           "' (in the request's secrets, or a file named by '", file_key, "')"));
 }
 
+struct Entry {
+  json body;
+  std::string type;  // "metadata" or "default"
+};
+
+// A configured entry (decoded from the string form) with its type and key
+// types checked; Error naming the KMS ID and the key.
+Entry checked_entry(const std::string& id, const json& raw, const std::string& source) {
+  Entry e{raw, {}};
+  if (e.body.is_string()) {  // csi-kms-connection-details form
+    e.body = json::parse(raw.get<std::string>(), nullptr, false);
+    if (e.body.is_discarded())
+      throw Error(EINVAL, cat(where(id), ": entry in ", source, " is a string but not JSON"));
+  }
+  if (!e.body.is_object())
+    throw Error(EINVAL, cat(where(id), ": entry in ", source, " must be an object, not ",
+                            e.body.type_name()));
+  e.type = string_key(id, e.body, type_key);
+  if (e.type.empty()) e.type = string_key(id, e.body, legacy_type_key);
+  if (e.type.empty()) throw Error(EINVAL, cat(where(id), ": missing key '", type_key, "'"));
+  if (e.type != "metadata" && e.type != default_kms_id)
+    throw Error(EINVAL, cat(where(id), ": key '", type_key, "': unsupported KMS type '", e.type,
+                            "' (supported: metadata, default)"));
+  for (const char* key : {file_key, secret_name_key, secret_namespace_key}) string_key(id, e.body, key);
+  return e;
+}
+
 }  // namespace
 
 KMSConfig::KMSConfig() : doc_(std::make_shared<const json>(json::object())) {}
@@ -83,6 +110,10 @@ KMSConfig KMSConfig::load(const std::string& path) {
   return parse(ss.str(), path);
 }
 
+void KMSConfig::validate() const {
+  for (auto it = doc_->begin(); it != doc_->end(); ++it) checked_entry(it.key(), *it, source_);
+}
+
 std::vector<std::string> KMSConfig::ids() const {
   std::vector<std::string> out;
   for (auto it = doc_->begin(); it != doc_->end(); ++it) out.push_back(it.key());
@@ -100,28 +131,11 @@ std::shared_ptr<EncryptionKMS> KMSConfig::build(const std::string& kms_id,
     throw Error(ENOENT, cat(where(id), ": not in ", source_, " (known: ",
                             known.empty() ? "none" : known, ")"));
   }
-  json entry = *it;
-  if (entry.is_string()) {  // csi-kms-connection-details form
-    entry = json::parse(entry.get<std::string>(), nullptr, false);
-    if (entry.is_discarded())
-      throw Error(EINVAL, cat(where(id), ": entry in ", source_, " is a string but not JSON"));
-  }
-  if (!entry.is_object())
-    throw Error(EINVAL, cat(where(id), ": entry in ", source_, " must be an object, not ",
-                            entry.type_name()));
-  std::string type = string_key(id, entry, type_key);
-  if (type.empty()) type = string_key(id, entry, legacy_type_key);
-  if (type.empty()) throw Error(EINVAL, cat(where(id), ": missing key '", type_key, "'"));
-
-  std::shared_ptr<EncryptionKMS> kms;
-  if (type == "metadata")
-    kms = make_metadata_kms(id, passphrase_for(id, entry, secrets));
-  else if (type == default_kms_id)
-    kms = make_default_kms(id, passphrase_for(id, entry, secrets));
-  else
-    throw Error(EINVAL, cat(where(id), ": key '", type_key, "': unsupported KMS type '", type,
-                            "' (supported: metadata, default)"));
-  log::debug(where(id), ": type '", type, "' ready");
+  const Entry e = checked_entry(id, *it, source_);
+  SecretBuffer passphrase = passphrase_for(id, e.body, secrets);
+  auto kms = e.type == "metadata" ? make_metadata_kms(id, std::move(passphrase))
+                                  : make_default_kms(id, std::move(passphrase));
+  log::debug(where(id), ": type '", e.type, "' ready");
   return kms;
 }
 

@@ -69,6 +69,11 @@ class KMSConfig {
   // Builds the KMS for kms_id ("" means "default") with the request's secrets.
   std::shared_ptr<EncryptionKMS> build(const std::string& kms_id, const Secrets& secrets) const;
 
+  // Checks every entry as build() would, short of reading a passphrase:
+  // for a start-up check. Throws the Error build() throws for the first bad
+  // entry (naming the KMS ID and the key).
+  void validate() const;
+
   // The configured KMS IDs, sorted.
   std::vector<std::string> ids() const;
 

@@ -38,6 +38,9 @@ echo more >"$mnt/file2"
 sync -f "$mnt"
 cli unmap "$mnt"
 assert_clean
+# An unlinked key leaves /proc/keys when the kernel's key GC frees it, a
+# moment later (asynchronously).
+for ((i = 0; i < 100; i++)); do grep -q "rbdgw:$vol:" /proc/keys || break; sleep 0.1; done
 if grep -q "rbdgw:$vol:" /proc/keys; then fail "unmap left the passphrase in the keyring"; fi
 
 rbd_cli export --no-progress "rbd/$img" "$TEST_TMP/raw"

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "attach/attach.hpp"
+#include "attach/process.hpp"
 #include "common/error.hpp"
 #include "csi.grpc.pb.h"
 #include "rbd/cluster.hpp"
@@ -639,6 +640,7 @@ TEST_F(CsiE2E, TwoVolumesAtOnceAndExpand) {
   // Expand a: controller grows the image, node grows the filesystem.
   struct statvfs before{}, after{};
   ::statvfs(sa.c_str(), &before);
+  const attach::ProcessRef gateway = attach::load_stash(sa + ".rbdgw.json").gateway;
   {
     auto stub = v1::Controller::NewStub(channel);
     v1::ControllerExpandVolumeRequest req;
@@ -665,6 +667,9 @@ TEST_F(CsiE2E, TwoVolumesAtOnceAndExpand) {
   }
   ::statvfs(sa.c_str(), &after);
   EXPECT_GT(after.f_blocks * after.f_frsize, before.f_blocks * before.f_frsize + 128 * MiB);
+  // The size was refreshed in place: the same gateway serves on.
+  EXPECT_EQ(attach::load_stash(sa + ".rbdgw.json").gateway, gateway);
+  EXPECT_TRUE(attach::alive(gateway));
   EXPECT_EQ(read_file(sa + "/a"), "A");
   ASSERT_TRUE(unstage(a.volume().volume_id(), sa).ok());
   ASSERT_TRUE(unstage(b.volume().volume_id(), sb).ok());
@@ -678,16 +683,29 @@ TEST_F(CsiE2E, KillDuringStageAndGatewayKillThenRestart) {
   ASSERT_TRUE(create(unique("pvc-kill"), params(), 32 * MiB, &a).ok());
   const std::string id = a.volume().volume_id();
   const std::string staging = staging_dir(unique("kill"));
-  // Start a stage and kill -9 the daemon once the stash shows it under way.
-  auto f = std::async(std::launch::async, [&] { return stage(id, staging); });
-  for (int i = 0; i < 600 && !fs::exists(staging + ".rbdgw.json"); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  stop_daemon(SIGKILL);
-  f.get();  // fails (or finished just before the kill): both are fine
-  start_daemon();
-  // The retried call succeeds and the state is consistent.
-  auto s = stage(id, staging);
-  ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << read_file(tmp + "/csi.log");
+  const std::string run = std::string(attach::kRunRoot) + "/" + id;
+  // kill -9 the daemon at three points of a stage: once the stash shows it
+  // under way, once the gateway was spawned, once the FUSE exporter was
+  // (each daemon writes its pid file before it runs, so the last two land
+  // while it starts, possibly before the stash records it). The retried
+  // call succeeds with exactly one gateway and one exporter for the volume.
+  grpc::Status s;
+  for (const std::string& marker : {staging + ".rbdgw.json", run + "/gateway.pid", run + "/fuse.pid"}) {
+    auto f = std::async(std::launch::async, [&] { return stage(id, staging); });
+    for (int i = 0; i < 3000 && !fs::exists(marker); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    stop_daemon(SIGKILL);
+    f.get();  // fails (or finished just before the kill): both are fine
+    start_daemon();
+    s = stage(id, staging);
+    ASSERT_TRUE(s.ok()) << marker << ": " << s.error_message() << "\n" << read_file(tmp + "/csi.log");
+    int processes = 0;
+    std::error_code ec;
+    for (const auto& p : fs::directory_iterator("/proc", ec))
+      processes += read_file(p.path() / "cmdline").find(run + "/") != std::string::npos;
+    EXPECT_EQ(processes, 2) << "after a kill once " << marker << " existed";
+    if (marker != run + "/fuse.pid") ASSERT_TRUE(unstage(id, staging).ok());
+  }
   write_file(staging + "/after-restart", "ok");
   // A restart of a healthy daemon keeps the mount (re-adoption, no unmount).
   stop_daemon(SIGKILL);

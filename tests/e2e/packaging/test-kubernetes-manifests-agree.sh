@@ -2,8 +2,10 @@
 # The Kubernetes manifests (packaging/kubernetes/) agree with each other and
 # with rbdgw-csi: check_manifests.py checks names, socket paths, mounts,
 # secrets and RBAC; then the binaries judge what they read:
-#   - each StorageClass's parameters go through rbdgw-csi's own parser
-#     (check-sc-params, built from csi/config.cpp);
+#   - each StorageClass's parameters go through rbdgw-csi's own checks
+#     (--check-config with the controller's ConfigMaps: the parser, and
+#     clusterID / encryptionKMSID present in the configs), and every
+#     parameter rbdgw-csi accepts (--list-parameters) is in its man page;
 #   - rbdgw-csi is started with the exact args of the node DaemonSet and of
 #     the controller Deployment, in a scratch copy of each container's file
 #     view (the ConfigMaps as mounted files), and must come up serving on
@@ -12,10 +14,8 @@
 source "$(dirname "$0")/../../lib/functions.sh"
 requires python3 -c 'import yaml'
 : "${RBDGW_CSI:=$RBDGW_BUILD_DIR/csi-shim/rbdgw-csi}"
-: "${RBDGW_CHECK_SC_PARAMS:=$RBDGW_BUILD_DIR/tests/e2e/packaging/check-sc-params}"
 : "${RBDGW_VERSION:=$(sed -n 's/^project(rbdgw VERSION \([0-9.]*\).*/\1/p' "$RBDGW_SOURCE_DIR/CMakeLists.txt")}"
 [ -x "$RBDGW_CSI" ] || fail "$RBDGW_CSI is not built"
-[ -x "$RBDGW_CHECK_SC_PARAMS" ] || fail "$RBDGW_CHECK_SC_PARAMS is not built"
 manifests=$RBDGW_SOURCE_DIR/packaging/kubernetes
 checker=$(dirname "$0")/check_manifests.py
 
@@ -30,15 +30,36 @@ python3 "$checker" "$manifests" "$out" "$default_driver" "$RBDGW_VERSION" ||
   fail "the manifests disagree (see above)"
 pass "manifests agree on driver name, socket paths, mounts, secrets, ConfigMaps and RBAC"
 
-# 2. StorageClass parameters through rbdgw-csi's parser.
+# 2. StorageClass parameters through rbdgw-csi --check-config, with the
+# ConfigMaps as the controller (which runs CreateVolume) sees them.
+# arg_of ARGV-FILE FLAG: the value of --FLAG=VALUE in a NUL-separated argv.
+arg_of() { tr '\0' '\n' <"$1" | sed -n "s/^--$2=//p"; }
+ctrl_argv=$(ls "$out"/*provisioner*.argv)
+check_config=("$RBDGW_CSI" --check-config "--cluster-config=$(arg_of "$ctrl_argv" cluster-config)")
+kms_cfg=$(arg_of "$ctrl_argv" kms-config)
+[ -z "$kms_cfg" ] || check_config+=("--kms-config=$kms_cfg")
 n=0
 for f in "$out"/sc-*.params; do
   mapfile -t kv <"$f"
-  "$RBDGW_CHECK_SC_PARAMS" "${kv[@]}" >/dev/null || fail "rbdgw-csi rejects the parameters of $(basename "$f" .params)"
+  "${check_config[@]}" "${kv[@]}" >"$TEST_TMP/check.out" 2>&1 ||
+    fail "rbdgw-csi rejects the parameters of $(basename "$f" .params): $(cat "$TEST_TMP/check.out")"
   n=$((n + 1))
 done
 [ "$n" -ge 1 ] || fail "no StorageClass parameters were checked"
 pass "rbdgw-csi accepts the parameters of $n StorageClass(es)"
+
+man=$RBDGW_SOURCE_DIR/packaging/man/rbdgw-csi.8.pod
+keys=$("$RBDGW_CSI" --list-parameters | cut -f1)
+[ -n "$keys" ] || fail "rbdgw-csi --list-parameters printed nothing"
+# undocumented MAN-POD: the accepted parameters its STORAGECLASS PARAMETERS section lacks.
+undocumented() {
+  local section k
+  section=$(sed -n '/^=head1 STORAGECLASS PARAMETERS/,/^=head1 EXIT/p' "$1")
+  for k in $keys; do grep -q "C<$k>" <<<"$section" || echo "$k"; done
+}
+missing=$(undocumented "$man")
+[ -z "$missing" ] || fail "parameters missing from $(basename "$man"): $missing"
+pass "every parameter of rbdgw-csi --list-parameters is in the man page ($(wc -w <<<"$keys") keys)"
 
 # 3. rbdgw-csi with each workload's real args and ConfigMaps.
 # run_csi NAME ARGV-FILE SOCKET: starts it, waits until it serves, stops it
@@ -73,9 +94,15 @@ for argv_file in "$out"/*.argv; do
 done
 
 # 4. Negative controls: the same checks catch a broken manifest.
-"$RBDGW_CHECK_SC_PARAMS" pool=rbd clusterID=c1 fsType=ext4 2>"$TEST_TMP/neg1" &&
-  fail "check-sc-params accepted an unknown parameter"
+mapfile -t kv <"$(ls "$out"/sc-*.params | head -1)"
+"${check_config[@]}" "${kv[@]}" fsType=ext4 >"$TEST_TMP/neg1" 2>&1 &&
+  fail "rbdgw-csi --check-config accepted an unknown parameter"
 grep -q "unknown parameter 'fsType'" "$TEST_TMP/neg1" || fail "unexpected error: $(cat "$TEST_TMP/neg1")"
+"${check_config[@]}" "${kv[@]/#clusterID=*/clusterID=no-such-cluster}" >"$TEST_TMP/neg1" 2>&1 &&
+  fail "rbdgw-csi --check-config accepted an unknown clusterID"
+grep -q "clusterID.*no-such-cluster" "$TEST_TMP/neg1" || fail "unexpected error: $(cat "$TEST_TMP/neg1")"
+sed '/^=head1 STORAGECLASS PARAMETERS/,/^=head1 EXIT/s/C<dataPool>/dataPool/' "$man" >"$TEST_TMP/man.pod"
+[ "$(undocumented "$TEST_TMP/man.pod")" = dataPool ] || fail "an undocumented parameter was not noticed"
 
 bad=$TEST_TMP/bad
 cp -r "$manifests" "$bad"
@@ -94,4 +121,7 @@ rm -f "$(cat "$out/$node.socket")"
 run_csi "$node-badkms" "$node_argv" "$(cat "$out/$node.socket")" 2>/dev/null &&
   fail "rbdgw-csi served with an invalid KMS config"
 grep -q "secrets-metadata.*encryptionKMSType" "$TEST_TMP/$node-badkms.log" || fail "rbdgw-csi's error does not name the bad KMS entry: $(cat "$TEST_TMP/$node-badkms.log")"
-pass "negative controls: unknown parameter, wrong registration path and bad KMS config are caught"
+"$RBDGW_CSI" --check-config "--cluster-config=$(arg_of "$node_argv" cluster-config)" \
+  "--kms-config=$kms" >"$TEST_TMP/neg3" 2>&1 && fail "rbdgw-csi --check-config accepted an invalid KMS config"
+grep -q "secrets-metadata.*encryptionKMSType" "$TEST_TMP/neg3" || fail "unexpected error: $(cat "$TEST_TMP/neg3")"
+pass "negative controls: unknown parameter and clusterID, wrong registration path and bad KMS config are caught"

@@ -193,9 +193,10 @@ TEST(GatewayArgv, SecretsOnlyAsDescriptorsAndTheFilterBeforeThePlugin) {
 TEST(OtherArgv, FuseNbdClientMkfs) {
   Tools t;
   t.fuse_exporter = "/bin/rbdgw-fuse";
-  EXPECT_EQ(fuse_argv(t, "/r/s.sock", "/r/disk", "rbdgw:v", false),
-            (std::vector<std::string>{"/bin/rbdgw-fuse", "--name", "rbdgw:v", "/r/s.sock", "/r/disk"}));
-  EXPECT_TRUE(contains(fuse_argv(t, "s", "f", "n", true), "--readonly"));
+  EXPECT_EQ(fuse_argv(t, "/r/s.sock", "/r/disk", "rbdgw:v", false, "/r/size"),
+            (std::vector<std::string>{"/bin/rbdgw-fuse", "--name", "rbdgw:v", "--size-file",
+                                      "/r/size", "/r/s.sock", "/r/disk"}));
+  EXPECT_TRUE(contains(fuse_argv(t, "s", "f", "n", true, "z"), "--readonly"));
   EXPECT_EQ(nbd_client_argv("/r/s.sock", "/dev/nbd3"),
             (std::vector<std::string>{"nbd-client", "-unix", "/r/s.sock", "/dev/nbd3"}));
   EXPECT_EQ(mkfs_argv("ext4", "/dev/loop1").front(), "mkfs.ext4");

@@ -104,6 +104,23 @@ TEST(SpawnDetached, MissingProgramIsENOENT) {
   }
 }
 
+TEST(SpawnDetached, PidFileNamesTheDaemonForStrayProcess) {
+  TempDir d;
+  const std::string marker = (d.path / "run").string() + "/";
+  const std::string pid_file = (d.path / "daemon.pid").string();
+  // sh stays the process (the script does not end with a command to exec),
+  // so its command line holds the marker.
+  const ProcessRef p = spawn_detached({"sh", "-c", "sleep 30; : " + marker},
+                                      (d.path / "log").string(), {}, pid_file);
+  EXPECT_EQ(slurp(pid_file), std::to_string(p.pid) + "\n");
+  EXPECT_EQ(stray_process(pid_file, marker), p);
+  EXPECT_EQ(stray_process(pid_file, "/some/other/run/").pid, 0);  // not ours: pid reuse
+  EXPECT_EQ(stray_process((d.path / "absent.pid").string(), marker).pid, 0);
+  stop_process(p, 5s);
+  EXPECT_FALSE(alive(p));
+  EXPECT_EQ(stray_process(pid_file, marker).pid, 0);
+}
+
 TEST(Alive, PidReuseIsNotMistakenForOurProcess) {
   ProcessRef self{::getpid(), process_start_time(::getpid())};
   EXPECT_TRUE(alive(self));

@@ -84,6 +84,28 @@ TEST(KMSConfig, MalformedEntries) {
                {"KMS 'file-not-string'", "key 'passphraseFile' must be a string"});
 }
 
+TEST(KMSConfig, ValidateChecksEveryEntryWithoutReadingSecrets) {
+  // Good: no secret needed, and a passphraseFile is not read yet.
+  KMSConfig::parse(R"({
+      "m": {"encryptionKMSType": "metadata", "passphraseFile": "/nonexistent/secret"},
+      "d": "{\"KMS_PROVIDER\": \"default\"}"
+    })", "cfg").validate();
+  KMSConfig().validate();
+  // Each kind of bad entry, next to a good one, fails naming its ID and key.
+  const auto bad = [](const std::string& entry) {
+    return [text = R"({"good": {"encryptionKMSType": "metadata"}, )" + entry + "}"] {
+      KMSConfig::parse(text, "cfg").validate();
+    };
+  };
+  expect_error(bad(R"("x": 42)"), EINVAL, {"KMS 'x'", "object"});
+  expect_error(bad(R"("x": {"encryptionKMSTyp": "metadata"})"), EINVAL,
+               {"KMS 'x'", "missing key 'encryptionKMSType'"});
+  expect_error(bad(R"("x": {"encryptionKMSType": "vault"})"), EINVAL,
+               {"KMS 'x'", "unsupported KMS type 'vault'"});
+  expect_error(bad(R"("x": {"encryptionKMSType": "metadata", "secretName": 1})"), EINVAL,
+               {"KMS 'x'", "key 'secretName' must be a string"});
+}
+
 TEST(KMSConfig, UnknownType) {
   auto c = KMSConfig::parse(R"({"vault-test": {"encryptionKMSType": "vault"}})", "cfg");
   expect_error([&] { c.build("vault-test", secrets); }, EINVAL,
