@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "attach/keyring.hpp"
+#include "attach/nbd_netlink.hpp"
 #include "attach/process.hpp"
 #include "common/error.hpp"
 #include "common/log.hpp"
@@ -38,6 +39,9 @@ constexpr std::size_t kProbeBytes = 1 << 20;
 // Fixed descriptor numbers of the secrets in the gateway.
 constexpr int kKeyFd = 3;
 constexpr int kPassphraseFd = 4;
+// Kernel path: how long I/O waits for a restarted gateway (rbdgw reattach)
+// before it fails.
+constexpr std::chrono::seconds kNbdDeadConnTimeout{300};
 
 void progress(const AttachOptions& o, const std::string& msg) {
   if (o.progress) o.progress(msg);
@@ -319,7 +323,8 @@ std::vector<std::string> loops_on(const std::string& file) {
 }  // namespace
 
 bool VolumeStatus::healthy() const {
-  return gateway_alive && (stash.mode == Mode::kernel || fuse_alive) && (stash.block || mounted);
+  return gateway_alive && (stash.mode == Mode::kernel ? nbd_connected : fuse_alive) &&
+         (stash.block || mounted);
 }
 
 VolumeStatus status(const Stash& s) {
@@ -328,6 +333,8 @@ VolumeStatus status(const Stash& s) {
   st.gateway_alive = alive(s.gateway);
   st.fuse_alive = s.mode == Mode::userspace && alive(s.fuse) && is_mountpoint(s.fuse_file);
   st.mounted = !s.block && is_mountpoint(s.target);
+  st.nbd_connected = s.mode == Mode::kernel && !s.nbd_device.empty() &&
+                     nbd_status(nbd_device_index(s.nbd_device)) == NbdState::connected;
   return st;
 }
 
@@ -430,7 +437,9 @@ Stash attach(const Volume& v, const AttachOptions& o) {
     } else {
       s.nbd_device = find_free_nbd(o.root);
       save();  // detach disconnects it only if connected
-      run_checked(nbd_client_argv(s.socket, s.nbd_device));
+      // I/O waits for `rbdgw reattach` (nbd_reconnect) if the gateway dies.
+      nbd_connect(s.socket, {.dead_conn_timeout = kNbdDeadConnTimeout, .backend = "rbdgw:" + v.id,
+                             .index = nbd_device_index(s.nbd_device)});
       s.device = s.nbd_device;
       save();
       if (v.encrypted) {
@@ -482,9 +491,8 @@ void detach(const std::string& stash_path) {
   save_stash(s, stash_path);
 
   if (!s.mapper_name.empty() && luks::device_mapper_available()) luks::LuksClose(s.mapper_name);
-  if (!s.nbd_device.empty() &&
-      fs::exists(cat("/sys/block/", fs::path(s.nbd_device).filename().string(), "/pid")))
-    run_checked({"nbd-client", "-d", s.nbd_device});
+  if (!s.nbd_device.empty() && fs::exists(cat("/sys/block/", fs::path(s.nbd_device).filename().string())))
+    nbd_disconnect(nbd_device_index(s.nbd_device));
   if (!s.fuse_file.empty())
     for (const auto& loop : loops_on(s.fuse_file)) run_checked({"losetup", "--detach", loop});
   if (!s.fuse_file.empty()) {
@@ -574,6 +582,10 @@ VolumeStatus readopt(const std::string& stash_path, const AttachOptions& o) {
     start_gateway(s, o.tools, key ? &*key : nullptr, pass ? &*pass : nullptr, o.timeout, save);
     if (!s.read_only) s.gateway_client = gateway_client(cluster, spec, 5s);
     save();
+    if (s.mode == Mode::kernel && !s.nbd_device.empty()) {
+      progress(o, cat("reconnecting ", s.nbd_device, " to the new gateway"));
+      nbd_reconnect(nbd_device_index(s.nbd_device), s.socket);
+    }
   }
   VolumeStatus st = status(s);
   if (s.mode == Mode::userspace && !st.fuse_alive)

@@ -22,7 +22,7 @@
 // run dir /run/rbdgw/<volume-id>/, exposed as a file by the rbdgw-fuse
 // exporter (reconnects when the gateway restarts), a loop device on that file
 // (direct-io off), mkfs only when blank, mount. kernel = the same gateway,
-// nbd-client onto a free /dev/nbdN, LUKS2 opened by dm-crypt as
+// the kernel NBD client (netlink, attach/nbd_netlink.hpp) onto a free /dev/nbdN, LUKS2 opened by dm-crypt as
 // /dev/mapper/luks-<volume-id>, mkfs only when blank, mount.
 //
 // Secrets (LUKS passphrase, cephx key) reach the gateway only through an
@@ -200,7 +200,6 @@ std::vector<std::string> gateway_argv(const Tools& t, const GatewayArgs& a);
 std::vector<std::string> fuse_argv(const Tools& t, const std::string& socket,
                                    const std::string& fuse_file, const std::string& name,
                                    bool read_only, const std::string& size_file);
-std::vector<std::string> nbd_client_argv(const std::string& socket, const std::string& nbd_device);
 // Throws Error(EINVAL) for an fstype other than ext4 or xfs.
 std::vector<std::string> mkfs_argv(const std::string& fstype, const std::string& device);
 
@@ -230,6 +229,7 @@ struct VolumeStatus {
   bool gateway_alive = false;
   bool fuse_alive = false;   // userspace path only
   bool mounted = false;      // target is a mount point (filesystem volumes)
+  bool nbd_connected = false;  // kernel path only: /dev/nbdN configured (nbd_status)
   bool healthy() const;
 };
 VolumeStatus status(const Stash& s);

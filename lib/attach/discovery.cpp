@@ -145,10 +145,6 @@ std::vector<std::string> fuse_argv(const Tools& t, const std::string& socket,
   return v;
 }
 
-std::vector<std::string> nbd_client_argv(const std::string& socket, const std::string& nbd_device) {
-  return {"nbd-client", "-unix", socket, nbd_device};
-}
-
 std::vector<std::string> mkfs_argv(const std::string& fstype, const std::string& device) {
   if (fstype == "ext4") return {"mkfs.ext4", "-q", device};
   if (fstype == "xfs") return {"mkfs.xfs", "-q", device};

@@ -190,15 +190,13 @@ TEST(GatewayArgv, SecretsOnlyAsDescriptorsAndTheFilterBeforeThePlugin) {
   EXPECT_FALSE(contains(gateway_argv(t, a), "--filter=luks2"));
 }
 
-TEST(OtherArgv, FuseNbdClientMkfs) {
+TEST(OtherArgv, FuseAndMkfs) {
   Tools t;
   t.fuse_exporter = "/bin/rbdgw-fuse";
   EXPECT_EQ(fuse_argv(t, "/r/s.sock", "/r/disk", "rbdgw:v", false, "/r/size"),
             (std::vector<std::string>{"/bin/rbdgw-fuse", "--name", "rbdgw:v", "--size-file",
                                       "/r/size", "/r/s.sock", "/r/disk"}));
   EXPECT_TRUE(contains(fuse_argv(t, "s", "f", "n", true, "z"), "--readonly"));
-  EXPECT_EQ(nbd_client_argv("/r/s.sock", "/dev/nbd3"),
-            (std::vector<std::string>{"nbd-client", "-unix", "/r/s.sock", "/dev/nbd3"}));
   EXPECT_EQ(mkfs_argv("ext4", "/dev/loop1").front(), "mkfs.ext4");
   EXPECT_EQ(mkfs_argv("xfs", "/dev/loop1").front(), "mkfs.xfs");
   EXPECT_EQ(mkfs_argv("xfs", "/dev/loop1").back(), "/dev/loop1");
