@@ -68,6 +68,17 @@ for s in "${shares[@]}"; do
   [ "$p" != / ] || die "--share: refusing to share / read-write"
   share_paths+=("$p")
 done
+# The guest lays tmpfs over /tmp, /run, /var/tmp and /dev/shm: a source or
+# build tree there (a CI clone, say) is shared into the guest at its path.
+for d in "${RBDGW_SOURCE_DIR:-}" "${RBDGW_BUILD_DIR:-}"; do
+  [ -n "$d" ] && d=$(realpath -e -- "$d" 2>/dev/null) || continue
+  case "$d" in /tmp/*|/run/*|/var/tmp/*|/dev/shm/*) ;; *) continue ;; esac
+  covered=0
+  for p in "${share_paths[@]}"; do
+    case "$d/" in "$p"/*) covered=1 ;; esac
+  done
+  [ "$covered" = 1 ] || share_paths+=("$d")
+done
 for e in "${envs[@]}"; do
   [[ $e =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env: expected NAME=VALUE, got '$e'"
 done
