@@ -5,6 +5,8 @@
 //   AESGCM(key).encrypt(nonce, plaintext, aad).hex()
 #include <gtest/gtest.h>
 
+#include "error_code.hpp"
+
 #include <cerrno>
 #include <string>
 #include <vector>
@@ -103,20 +105,13 @@ TEST(Gcm, RejectsAnyChange) {
 TEST(Gcm, RejectsBadSizes) {
   auto key = key_of(vectors[1].key);
   std::vector<std::uint8_t> nonce(12), plain(4);
-  auto code = [](auto&& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e.code();
-    }
-    return 0;
-  };
+  using rbdgw::test::error_code;
   SecretBuffer short_key(16);
-  EXPECT_EQ(code([&] { gcm_seal(short_key, nonce, plain); }), EINVAL);
+  EXPECT_EQ(error_code([&] { gcm_seal(short_key, nonce, plain); }), EINVAL);
   std::vector<std::uint8_t> nonce16(16);
-  EXPECT_EQ(code([&] { gcm_seal(key, nonce16, plain); }), EINVAL);
+  EXPECT_EQ(error_code([&] { gcm_seal(key, nonce16, plain); }), EINVAL);
   std::vector<std::uint8_t> truncated(15);
-  EXPECT_EQ(code([&] { gcm_open(key, nonce, truncated); }), EINVAL);
+  EXPECT_EQ(error_code([&] { gcm_open(key, nonce, truncated); }), EINVAL);
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "error_code.hpp"
+
 #include <thread>
 #include <tuple>
 
@@ -70,28 +72,21 @@ TEST(Xts, TweakCountsIn512ByteUnitsPerSector) {
 
 TEST(Xts, RejectsBadParameters) {
   const SecretBuffer key = random_key(64);
-  auto code = [](auto&& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e.code();
-    }
-    return 0;
-  };
-  EXPECT_EQ(EINVAL, code([&] { XtsSectorCipher::create(random_key(48), 4096); }));
-  EXPECT_EQ(EINVAL, code([&] { XtsSectorCipher::create(key, 256); }));
-  EXPECT_EQ(EINVAL, code([&] { XtsSectorCipher::create(key, 8192); }));
-  EXPECT_EQ(EINVAL, code([&] { XtsSectorCipher::create(key, 1536); }));
+  using rbdgw::test::error_code;
+  EXPECT_EQ(EINVAL, error_code([&] { XtsSectorCipher::create(random_key(48), 4096); }));
+  EXPECT_EQ(EINVAL, error_code([&] { XtsSectorCipher::create(key, 256); }));
+  EXPECT_EQ(EINVAL, error_code([&] { XtsSectorCipher::create(key, 8192); }));
+  EXPECT_EQ(EINVAL, error_code([&] { XtsSectorCipher::create(key, 1536); }));
   std::vector<std::uint8_t> same(64, 7);
-  EXPECT_EQ(EINVAL, code([&] { XtsSectorCipher::create(SecretBuffer(same.data(), 64), 512); }));
+  EXPECT_EQ(EINVAL, error_code([&] { XtsSectorCipher::create(SecretBuffer(same.data(), 64), 512); }));
 
   auto c = XtsSectorCipher::create(key, 4096);
   std::vector<std::uint8_t> buf(8192, 1);
   const auto before = buf;
-  EXPECT_EQ(EINVAL, code([&] { c.encrypt(512, buf); }));
-  EXPECT_EQ(EINVAL, code([&] { c.encrypt(0, std::span(buf).first(4000)); }));
+  EXPECT_EQ(EINVAL, error_code([&] { c.encrypt(512, buf); }));
+  EXPECT_EQ(EINVAL, error_code([&] { c.encrypt(0, std::span(buf).first(4000)); }));
   std::vector<std::uint8_t> small(4096);
-  EXPECT_EQ(EINVAL, code([&] { c.encrypt(0, buf, small); }));
+  EXPECT_EQ(EINVAL, error_code([&] { c.encrypt(0, buf, small); }));
   EXPECT_EQ(before, buf) << "a rejected call changed the data";
   try {
     XtsSectorCipher::create(key, 1536);

@@ -3,6 +3,8 @@
 // independent Python implementation of ceph-csi's secretsMetadataKMS).
 #include <gtest/gtest.h>
 
+#include "error_code.hpp"
+
 #include <cerrno>
 #include <regex>
 #include <string>
@@ -24,15 +26,7 @@ std::shared_ptr<EncryptionKMS> metadata_kms(const std::string& pass = kms_pass) 
   return make_metadata_kms("secrets-metadata-test", SecretBuffer(pass));
 }
 
-int error_code(const std::function<void()>& f, std::string* msg = nullptr) {
-  try {
-    f();
-  } catch (const Error& e) {
-    if (msg) *msg = e.what();
-    return e.code();
-  }
-  return 0;
-}
+using rbdgw::test::error_code;
 
 TEST(MetadataKMS, WrapsInCephCsiFormat) {
   kms_test::LogCapture log;

@@ -3,6 +3,8 @@
 // re-implementation of) ceph-csi, legacy metadata keys, wrong secrets,
 // corrupt metadata, key rotation, and no secret in the log.
 #include <gtest/gtest.h>
+
+#include "error_code.hpp"
 #include <unistd.h>
 
 #include <cerrno>
@@ -65,14 +67,8 @@ class VolumeEncryptionTest : public ::testing::Test {
     return dek_seen_;
   }
   std::optional<std::string> meta(const char* key) { return image_->get_meta(key); }
-  int error_code(const std::function<void()>& f, std::string* msg = nullptr) {
-    try {
-      f();
-    } catch (const Error& e) {
-      if (msg) *msg = e.what();
-      return e.code();
-    }
-    return 0;
+  static int error_code(const std::function<void()>& f, std::string* msg = nullptr) {
+    return rbdgw::test::error_code(f, msg);
   }
 
   kms_test::LogCapture log_;
