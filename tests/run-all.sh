@@ -14,9 +14,13 @@ step "installing Debian packages (packaging/install-deps.sh)"
 "$src/packaging/install-deps.sh" --with-kernel-vm
 
 step "configuring and building in $build"
-cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+# Tests and benchmarks on explicitly: the quick start configures the same
+# build directory with them off, and a cached OFF must not survive here.
+cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DRBDGW_BUILD_TESTS=ON -DRBDGW_BUILD_BENCH=ON -DRBDGW_BUILD_CSI=ON >/dev/null
 cmake --build "$build" -j"$(nproc)"
 
 step "running the tests (ctest)"
 cd "$build"
-ctest --output-on-failure --timeout 900 "$@"
+# --no-tests=error: a build without tests is a failure, never a green run.
+ctest --output-on-failure --no-tests=error --timeout 900 "$@"
