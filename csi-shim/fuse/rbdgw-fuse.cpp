@@ -12,6 +12,32 @@
 // retried request is safe; fsync maps to NBD FLUSH, so what the filesystem
 // above flushed survives a kill -9 of the server.
 //
+// Once a request has given up after the reconnect timeout, later requests
+// do not each wait it out again: each makes one connect attempt and fails
+// with EIO at once if that fails, until a connect succeeds (then all is as
+// before). Without this, the writeback of a filesystem on a dead gateway
+// took one full timeout per request.
+//
+// SIGUSR2 says "the gateway is gone for good" (sent by a forced unmap):
+// every request waiting to reconnect, every request in flight on a
+// connection (their sockets are shut down, also when the server hangs
+// rather than died) and every later one fails with EIO at once, without
+// another connect attempt, and fsync fails too; logged once. There is no
+// way back: the loop device and the FUSE mount can then be torn down
+// (`losetup -d`, `fusermount3 -u`), and the exporter exits on unmount.
+//
+// Hole punch (FALLOC_FL_PUNCH_HOLE) and FALLOC_FL_ZERO_RANGE both leave
+// zeros: they are sent as NBD WRITE_ZEROES (punch: trim allowed; zero
+// range: NBD_CMD_FLAG_NO_HOLE), never as NBD TRIM, whose data afterwards is
+// unspecified (librbd skips discards of partial objects). The loop driver
+// hands discard and write-zeroes-with-unmap (what `fallocate -p` on the
+// device and ext4's zeroout issue) to the file as the same hole punch, so
+// a discard can never be told from a zeroing: both zero, and a discard on
+// an encrypted volume writes encrypted zeros (the luks2 filter never trims
+// without allow-discards). An export that cannot zero gets EOPNOTSUPP: the
+// kernel then writes zeros itself where it may (BLKZEROOUT, ext4), and
+// `fallocate -p` on the device fails with EOPNOTSUPP.
+//
 // SIGUSR1 re-reads the export size (after the image grew) on a new
 // connection, without a restart: pooled connections made before are
 // replaced as they are next used (the server checks requests against the
@@ -38,6 +64,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <mutex>
@@ -61,7 +88,38 @@ void say(const std::string& msg) { std::fprintf(stderr, "rbdgw-fuse: %s\n", msg.
 
 // Export properties, refreshed on every (re)connect.
 std::atomic<std::int64_t> export_size{0};
-std::atomic<bool> can_flush{false}, can_trim{false}, can_zero{false};
+std::atomic<bool> can_flush{false}, can_zero{false};
+
+// Set by SIGUSR2 (never cleared): every request fails with EIO at once.
+// Reconnect sleeps wait on gone_cv so that they end when it is set.
+std::atomic<bool> gateway_gone{false};
+std::mutex gone_m;
+std::condition_variable gone_cv;
+
+// Set when a request gave up after the reconnect timeout, cleared by the
+// next request that succeeds: meanwhile a request makes one connect attempt
+// and then fails with EIO.
+std::atomic<bool> gave_up{false};
+
+// The socket of every open connection, so that SIGUSR2 can shut them down
+// under requests blocked on them. A handle leaves before it is closed.
+std::mutex sockets_m;
+std::vector<std::pair<nbd_handle*, int>> sockets;
+
+void close_connection(nbd_handle* h) {
+  if (!h) return;
+  {
+    std::lock_guard lk(sockets_m);
+    std::erase_if(sockets, [&](const auto& e) { return e.first == h; });
+  }
+  nbd_close(h);
+}
+
+// Sleeps for d, or less when SIGUSR2 arrives.
+void sleep_unless_gone(std::chrono::milliseconds d) {
+  std::unique_lock lk(gone_m);
+  gone_cv.wait_for(lk, d, [] { return gateway_gone.load(); });
+}
 
 // A pool of connections; a slot holds nullptr until (re)connected.
 class Pool {
@@ -71,8 +129,7 @@ class Pool {
     free_.push_back(first);
   }
   ~Pool() {
-    for (nbd_handle* h : free_)
-      if (h) nbd_close(h);
+    for (nbd_handle* h : free_) close_connection(h);
   }
   nbd_handle* borrow() {
     std::unique_lock lk(m_);
@@ -117,54 +174,90 @@ nbd_handle* connect_once(std::string* why) {
   std::int64_t old = export_size.exchange(size);
   if (old != 0 && old != size) say("export size changed from " + std::to_string(old) + " to " + std::to_string(size));
   can_flush = nbd_can_flush(h) == 1;
-  can_trim = nbd_can_trim(h) == 1;
   can_zero = nbd_can_zero(h) == 1;
+  if (int fd = nbd_aio_get_fd(h); fd >= 0) {
+    std::lock_guard lk(sockets_m);
+    sockets.emplace_back(h, fd);
+  }
   return h;
 }
 
 // Runs op(h) (an NBD call returning -1 on failure) on a pooled connection,
-// reconnecting and retrying while the connection is what failed. Returns 0
-// or -errno.
+// reconnecting and retrying while the connection is what failed, until the
+// reconnect timeout; after an earlier request gave up, one connect attempt
+// only; after SIGUSR2, none. Returns 0 or -errno.
 template <typename Op>
 int with_connection(Op op) {
+  if (gateway_gone) return -EIO;
   const auto deadline = Clock::now() + std::chrono::seconds(opts.reconnect_timeout);
   auto backoff = std::chrono::milliseconds(20);
-  bool reported = false;
+  bool reported = false, attempted = false;
   nbd_handle* h = pool->borrow();
   if (h && nbd_get_size(h) != export_size) {  // made before a size refresh
-    nbd_close(h);
+    close_connection(h);
     h = nullptr;
   }
+  const auto fail = [&](nbd_handle* back) {
+    pool->give_back(back);
+    return -EIO;
+  };
   for (;;) {
+    if (gateway_gone) {
+      close_connection(h);
+      return fail(nullptr);
+    }
     std::string why;
-    if (!h) h = connect_once(&why);
+    if (!h) {
+      h = connect_once(&why);
+      attempted = true;
+    }
     if (h) {
       if (reported) say("reconnected to " + opts.socket);
       if (op(h) != -1) {
         pool->give_back(h);
+        if (gave_up.exchange(false)) say("requests to " + opts.socket + " succeed again");
         return 0;
       }
       int err = nbd_get_errno();
       why = nbd_get_error() ? nbd_get_error() : "request failed";
-      if (nbd_aio_is_ready(h) == 1) {  // the server answered with an error
+      if (nbd_aio_is_ready(h) == 1 && !gateway_gone) {  // the server answered with an error
         pool->give_back(h);
         return -(err ? err : EIO);
       }
-      nbd_close(h);
+      close_connection(h);
       h = nullptr;
+    }
+    if (gateway_gone) return fail(nullptr);
+    if (gave_up && attempted) return fail(nullptr);  // no second full wait
+    if (Clock::now() > deadline) {
+      if (!gave_up.exchange(true))
+        say("giving up after " + std::to_string(opts.reconnect_timeout) + " s: " + why +
+            "; until a connect succeeds, requests fail with EIO after one connect attempt");
+      return fail(nullptr);
     }
     if (!reported) {
       say("connection to " + opts.socket + " lost (" + why + "); reconnecting");
       reported = true;
     }
-    if (Clock::now() > deadline) {
-      say("giving up after " + std::to_string(opts.reconnect_timeout) + " s: " + why);
-      pool->give_back(nullptr);
-      return -EIO;
-    }
-    std::this_thread::sleep_for(backoff);
+    sleep_unless_gone(backoff);
     backoff = std::min(backoff * 2, std::chrono::milliseconds(500));
   }
+}
+
+// SIGUSR2: fails every waiting, running and later request with EIO.
+void declare_gone() {
+  {
+    std::lock_guard lk(gone_m);
+    if (gateway_gone.exchange(true)) return;
+  }
+  gone_cv.notify_all();
+  std::size_t n = 0;
+  {
+    std::lock_guard lk(sockets_m);
+    for (const auto& [h, fd] : sockets) n += ::shutdown(fd, SHUT_RDWR) == 0;
+  }
+  say("SIGUSR2: the gateway at " + opts.socket + " is gone for good: every request fails with EIO "
+      "from now on, no more reconnects (" + std::to_string(n) + " connection(s) shut down)");
 }
 
 // Writes the export size to --size-file (temp file + rename).
@@ -181,19 +274,28 @@ void write_size_file() {
     say(opts.size_file + ": " + std::strerror(errno));
 }
 
-// Serves SIGUSR1 (blocked in every thread): re-reads the size on a new
-// connection (which updates export_size).
-void refresh_loop(sigset_t set) {
+// Serves SIGUSR1 and SIGUSR2 (blocked in every thread): SIGUSR1 re-reads
+// the size on a new connection (which updates export_size), SIGUSR2
+// declares the gateway gone.
+void signal_loop(sigset_t set) {
   for (;;) {
     int sig = 0;
     if (sigwait(&set, &sig) != 0) continue;
+    if (sig == SIGUSR2) {
+      declare_gone();
+      continue;
+    }
+    if (gateway_gone) {
+      say("size refresh: the gateway is gone (SIGUSR2)");
+      continue;
+    }
     std::string why;
     nbd_handle* h = connect_once(&why);
     if (!h) {
       say("size refresh: connect to " + opts.socket + ": " + why);
       continue;
     }
-    nbd_close(h);
+    close_connection(h);
     say("export size is " + std::to_string(export_size.load()) + " bytes");
     write_size_file();
   }
@@ -251,19 +353,30 @@ int fs_write(const char*, const char* buf, std::size_t size, off_t off, fuse_fil
 }
 
 int fs_fsync(const char*, int, fuse_file_info*) {
-  if (opts.read_only || !can_flush) return 0;
+  if (opts.read_only) return 0;
+  if (gateway_gone) return -EIO;
+  if (!can_flush) return 0;
   return with_connection([](nbd_handle* h) { return nbd_flush(h, 0); });
 }
 
+// Punch hole and zero range both leave zeros (see the header comment):
+// NBD WRITE_ZEROES, never TRIM; EOPNOTSUPP when the export cannot zero.
 int fs_fallocate(const char*, int mode, off_t off, off_t len, fuse_file_info*) {
   if (opts.read_only) return -EROFS;
-  const std::size_t n = clamp(static_cast<std::size_t>(len), off);
-  if (n == 0) return 0;
-  if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) && can_trim)
-    return with_connection([&](nbd_handle* h) { return nbd_trim(h, n, static_cast<uint64_t>(off), 0); });
-  if ((mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE && can_zero)
-    return with_connection([&](nbd_handle* h) { return nbd_zero(h, n, static_cast<uint64_t>(off), 0); });
-  return -EOPNOTSUPP;
+  const bool punch = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+  const bool zero_range = (mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
+  if ((!punch && !zero_range) || !can_zero) return -EOPNOTSUPP;
+  const std::uint32_t flags = punch ? 0 : LIBNBD_CMD_FLAG_NO_HOLE;
+  std::uint64_t pos = static_cast<std::uint64_t>(off);
+  std::uint64_t left = clamp(static_cast<std::size_t>(len), off);
+  while (left > 0) {  // NBD requests carry a 32-bit length
+    const std::uint64_t n = std::min<std::uint64_t>(left, 1u << 30);
+    if (int r = with_connection([&](nbd_handle* h) { return nbd_zero(h, n, pos, flags); }); r < 0)
+      return r;
+    pos += n;
+    left -= n;
+  }
+  return 0;
 }
 
 int fs_truncate(const char*, off_t size, fuse_file_info*) {
@@ -320,11 +433,12 @@ int main(int argc, char** argv) {
     say(opts.file + ": not an existing regular file");
     return 1;
   }
-  // Before any thread starts, so that only refresh_loop takes SIGUSR1.
-  sigset_t refresh;
-  sigemptyset(&refresh);
-  sigaddset(&refresh, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &refresh, nullptr);
+  // Before any thread starts, so that only signal_loop takes SIGUSR1/2.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGUSR1);
+  sigaddset(&sigs, SIGUSR2);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::string why;
   nbd_handle* first = connect_once(&why);
   if (!first) {
@@ -333,7 +447,7 @@ int main(int argc, char** argv) {
   }
   Pool connections(opts.connections, first);
   pool = &connections;
-  std::thread(refresh_loop, refresh).detach();
+  std::thread(signal_loop, sigs).detach();
 
   fuse_operations ops{};
   ops.init = fs_init;
