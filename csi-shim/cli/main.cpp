@@ -123,7 +123,8 @@ rbd::ClusterOptions cluster_options(const Args& a) {
   c.keyring = a.get("keyring");
   c.mon_host = a.get("mon-host");
   if (a.has("keyring") && a.has("key-file")) throw Usage("--keyring and --key-file exclude each other");
-  if (a.has("key-file")) c.key = read_secret_file(a.get("key-file"), true);
+  // A cephx key is base64: surrounding whitespace is never part of it.
+  if (a.has("key-file")) c.key = trim_whitespace(read_secret_file(a.get("key-file")));
   return c;
 }
 
@@ -139,7 +140,7 @@ std::shared_ptr<kms::EncryptionKMS> build_kms(const Args& a, const std::string& 
   const auto config = kms::KMSConfig::load(a.need("kms-config"));
   kms::Secrets secrets;
   if (a.has(secret_opt)) {
-    SecretBuffer s = read_secret_file(a.get(secret_opt), true);
+    SecretBuffer s = read_secret_file(a.get(secret_opt));  // exact bytes, as ceph-csi
     secrets[kms::passphrase_secret_key] = std::string(s.view());
   }
   auto k = config.build(a.need(id_opt), secrets);
@@ -219,7 +220,7 @@ int cmd_map(const std::string& run_root, const std::vector<std::string>& argv) {
     throw Usage("--encrypted needs --passphrase-file or --kms-id");
   if (a.has("passphrase-file")) {
     v.encrypted = true;
-    v.passphrase = read_secret_file(a.get("passphrase-file"), true);
+    v.passphrase = read_secret_file(a.get("passphrase-file"));  // exact bytes, as cryptsetup
     if (v.passphrase.empty()) throw Error(EINVAL, cat(a.get("passphrase-file"), ": empty passphrase"));
   } else if (a.has("kms-id")) {
     v.encrypted = true;
@@ -329,7 +330,7 @@ int cmd_format(const std::vector<std::string>& argv) {
     throw Error(EEXIST, cat(spec.str(), ": already encrypted; refusing to format it"));
   SecretBuffer pass;
   if (a.has("passphrase-file")) {
-    pass = read_secret_file(a.get("passphrase-file"), true);
+    pass = read_secret_file(a.get("passphrase-file"));  // exact bytes, as cryptsetup
     if (pass.empty()) throw Error(EINVAL, cat(a.get("passphrase-file"), ": empty passphrase"));
   } else {
     kms::VolumeEncryption ve(build_kms(a, "kms-id", "kms-secret-file"), img,

@@ -36,7 +36,7 @@ SecretBuffer passphrase_for(const std::string& id, const json& entry, const Secr
   std::string file = string_key(id, entry, file_key);
   if (!file.empty()) {
     try {
-      return read_secret_file(file, true);
+      return read_secret_file(file);  // exact bytes, as a Kubernetes Secret's value
     } catch (const Error& e) {
       throw Error(e.code(), cat(where(id), ": key '", file_key, "': ", e.what()));
     }

@@ -22,8 +22,9 @@
 //   metadata  a DEK per volume, wrapped with a KEK from the passphrase, in
 //             the image metadata
 // Both take the passphrase (the KMS secret) from, in this order:
-//   passphraseFile   (rbdgw's own key) a file holding the passphrase; one
-//                    trailing newline is ignored. Keep it mode 0600.
+//   passphraseFile   (rbdgw's own key) a file holding the passphrase, byte
+//                    for byte (a trailing newline is part of it). Keep it
+//                    mode 0600.
 //   the request's secrets, key "encryptionPassphrase" (as ceph-csi).
 // secretName/secretNamespace (ceph-csi: read a Kubernetes Secret) are
 // accepted but rbdgw has no Kubernetes API: such a KMS needs passphraseFile

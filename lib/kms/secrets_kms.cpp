@@ -109,7 +109,8 @@ class MetadataKMS final : public EncryptionKMS {
     } catch (const Error& e) {
       if (e.code() != EBADMSG) throw;
       throw Error(EPERM, cat(where, ": cannot unwrap: wrong passphrase for this KMS, "
-                                    "or the stored DEK was altered"));
+                                    "or the stored DEK was altered",
+                             trailing_newline_hint(passphrase_)));
     }
   }
 

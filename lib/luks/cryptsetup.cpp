@@ -96,9 +96,11 @@ void format(crypt_device* cd, const SecretBuffer& passphrase, const FormatOption
         "crypt_keyslot_add_by_volume_key", object);
 }
 
-void throw_passphrase_error(int r, std::string_view call, std::string_view object) {
+void throw_passphrase_error(int r, std::string_view call, std::string_view object,
+                            const SecretBuffer* passphrase) {
   if (r == -EPERM || r == -ENOENT)
-    throw Error(EPERM, cat(object, ": wrong passphrase (no keyslot matched)"));
+    throw Error(EPERM, cat(object, ": wrong passphrase (no keyslot matched)",
+                           passphrase ? trailing_newline_hint(*passphrase) : std::string()));
   throw_errno(call, object, r);
 }
 

@@ -34,7 +34,9 @@ void format(crypt_device* cd, const SecretBuffer& passphrase, const FormatOption
             std::string_view object);
 
 // Throws the project's error for a libcryptsetup return code r < 0 from a
-// call that took a passphrase: -EPERM becomes "wrong passphrase".
-[[noreturn]] void throw_passphrase_error(int r, std::string_view call, std::string_view object);
+// call that took a passphrase: -EPERM becomes "wrong passphrase" (with
+// trailing_newline_hint(*passphrase) when given).
+[[noreturn]] void throw_passphrase_error(int r, std::string_view call, std::string_view object,
+                                         const SecretBuffer* passphrase = nullptr);
 
 }  // namespace rbdgw::luks::detail

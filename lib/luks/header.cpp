@@ -279,7 +279,7 @@ struct Header::Impl {
   int find_keyslot(const SecretBuffer& passphrase) const {
     const int r = crypt_activate_by_passphrase(cd.get(), nullptr, CRYPT_ANY_SLOT,
                                                passphrase.chars(), passphrase.size(), 0);
-    if (r < 0) detail::throw_passphrase_error(r, "crypt_activate_by_passphrase", object);
+    if (r < 0) detail::throw_passphrase_error(r, "crypt_activate_by_passphrase", object, &passphrase);
     return r;
   }
 };
@@ -344,7 +344,7 @@ Unlocked Header::unlock(const SecretBuffer& passphrase) const {
   const int r = crypt_volume_key_get(impl_->cd.get(), CRYPT_ANY_SLOT,
                                      reinterpret_cast<char*>(u.volume_key.data()), &size,
                                      passphrase.chars(), passphrase.size());
-  if (r < 0) detail::throw_passphrase_error(r, "crypt_volume_key_get", impl_->object);
+  if (r < 0) detail::throw_passphrase_error(r, "crypt_volume_key_get", impl_->object, &passphrase);
   if (size != u.volume_key.size())
     throw Error(EIO, cat(impl_->object, ": crypt_volume_key_get returned ", size * 8,
                          " bits, the header says ", u.segment.key_bits));

@@ -65,7 +65,7 @@ std::string LuksOpen(const std::string& device, const std::string& name,
   if (opts.allow_discards) flags |= CRYPT_ACTIVATE_ALLOW_DISCARDS;
   const int r = crypt_activate_by_passphrase(cd.get(), name.c_str(), CRYPT_ANY_SLOT,
                                              passphrase.chars(), passphrase.size(), flags);
-  if (r < 0) detail::throw_passphrase_error(r, "crypt_activate_by_passphrase", device);
+  if (r < 0) detail::throw_passphrase_error(r, "crypt_activate_by_passphrase", device, &passphrase);
   log::info("LuksOpen: ", device, ": mapped at ", mapped, " (keyslot ", r, ")");
   return mapped;
 }

@@ -32,7 +32,8 @@ void load_encryption(Image& img, EncryptionFormat f, const SecretBuffer& passphr
   const std::string what = cat(img.spec(), " (", encryption_format_name(f), ")");
   if (r == -EPERM)
     throw Error(EPERM, cat("rbd_encryption_load: ", what,
-                           ": wrong passphrase (no keyslot opens with it)"));
+                           ": wrong passphrase (no keyslot opens with it)",
+                           trailing_newline_hint(passphrase)));
   if (r == -EINVAL)
     throw Error(EINVAL, cat("rbd_encryption_load: ", what,
                             ": no valid encryption header of this format on the image"));

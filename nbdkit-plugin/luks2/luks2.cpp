@@ -179,10 +179,16 @@ void luks2_unload() {
 int luks2_config(nbdkit_next_config* next, nbdkit_backend* nxdata, const char* key,
                  const char* value) {
   if (std::strcmp(key, "passphrase") == 0) {
-    // +FILE, -FD or - (a terminal); never the secret itself in argv.
-    if (value[0] != '+' && value[0] != '-') {
-      nbdkit_error("luks2: passphrase: give it as +FILE or -FD (or - to type it), "
-                   "never on the command line");
+    // +FILE or -FD: every byte to the end, as cryptsetup --key-file reads
+    // it (nbdkit_read_password would keep one line only); - : typed at a
+    // terminal (one line); never the secret itself in argv.
+    try {
+      if (auto s = read_secret_parameter(value, "passphrase")) {
+        passphrase = std::move(*s);
+        return 0;
+      }
+    } catch (...) {
+      nbdkit_error("luks2: %s", current_error().message.c_str());
       return -1;
     }
     char* pw = nullptr;
@@ -194,7 +200,7 @@ int luks2_config(nbdkit_next_config* next, nbdkit_backend* nxdata, const char* k
   }
   if (std::strcmp(key, "key-file") == 0) {
     try {
-      passphrase = read_secret_file(value, false);
+      passphrase = read_secret_file(value);
       return 0;
     } catch (...) {
       nbdkit_error("luks2: key-file: %s", current_error().message.c_str());

@@ -95,13 +95,21 @@ int rbd_config(const char* key, const char* value) {
     // as nbdkit_read_password would take a literal secret from argv.
     if (!rbd::ExportConfig::is_secret_key(key) || (value[0] != '+' && value[0] != '-'))
       return config.set(key, value);
-    char* raw = nullptr;
-    if (nbdkit_read_password(value, &raw) == -1)
-      throw Error(EINVAL, cat("parameter '", key, "': could not read the secret"));
-    SecretBuffer secret(raw, std::strlen(raw));
-    OPENSSL_cleanse(raw, std::strlen(raw));
-    std::free(raw);
-    config.set_secret(key, std::move(secret));
+    // +FILE and -FD: every byte to the end, as cryptsetup --key-file reads
+    // a passphrase (nbdkit_read_password keeps one line only); - : typed at
+    // a terminal, one line.
+    std::optional<SecretBuffer> secret = read_secret_parameter(value, key);
+    if (!secret) {
+      char* raw = nullptr;
+      if (nbdkit_read_password(value, &raw) == -1)
+        throw Error(EINVAL, cat("parameter '", key, "': could not read the secret"));
+      secret.emplace(raw, std::strlen(raw));
+      OPENSSL_cleanse(raw, std::strlen(raw));
+      std::free(raw);
+    }
+    // A cephx key is base64: surrounding whitespace is never part of it.
+    if (std::strcmp(key, "key") == 0) secret = trim_whitespace(*secret);
+    config.set_secret(key, std::move(*secret));
   });
 }
 

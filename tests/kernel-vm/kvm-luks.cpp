@@ -71,11 +71,11 @@ void format_file(const std::string& path, const std::string& sector, const Secre
 int run(const std::vector<std::string>& a) {
   const std::string cmd = a.empty() ? "" : a[0];
   if (cmd == "format-file" && a.size() == 4) {
-    format_file(a[1], a[2], read_secret_file(a[3], true));
+    format_file(a[1], a[2], read_secret_file(a[3]));
   } else if (cmd == "format" && a.size() == 4) {
-    luks::LuksFormat(a[1], read_secret_file(a[3], true), test_format(a[2]));
+    luks::LuksFormat(a[1], read_secret_file(a[3]), test_format(a[2]));
   } else if (cmd == "open" && a.size() == 4) {
-    std::cout << luks::LuksOpen(a[1], a[2], read_secret_file(a[3], true)) << "\n";
+    std::cout << luks::LuksOpen(a[1], a[2], read_secret_file(a[3])) << "\n";
   } else if (cmd == "status" && a.size() == 2) {
     const luks::MappingStatus s = luks::LuksStatus(a[1]);
     std::cout << luks::describe(s) << "\n";

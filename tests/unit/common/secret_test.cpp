@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -56,15 +57,16 @@ class SecretFile : public ::testing::Test {
   std::string dir_;
 };
 
-TEST_F(SecretFile, StripsOneTrailingNewlineWhenAsked) {
-  auto p = write("pw", "pass\n\n");
-  EXPECT_EQ(rbdgw::read_secret_file(p, true).view(), "pass\n");
-  EXPECT_EQ(rbdgw::read_secret_file(p, false).view(), "pass\n\n");
+// Exact bytes, as cryptsetup --key-file reads them.
+TEST_F(SecretFile, KeepsEveryByteNewlinesSpacesAndNuls) {
+  const std::string content("pass\0word  \r\n\n", 15);
+  auto p = write("pw", content);
+  EXPECT_EQ(rbdgw::read_secret_file(p).view(), content);
 }
 
 TEST_F(SecretFile, MissingFileNamesThePath) {
   try {
-    rbdgw::read_secret_file(dir_ + "/nope", true);
+    rbdgw::read_secret_file(dir_ + "/nope");
     FAIL();
   } catch (const rbdgw::Error& e) {
     EXPECT_EQ(e.code(), ENOENT);
@@ -72,7 +74,71 @@ TEST_F(SecretFile, MissingFileNamesThePath) {
   }
 }
 
-TEST_F(SecretFile, ReadsLargeFiles) {
-  std::string big(100000, 'x');
-  EXPECT_EQ(rbdgw::read_secret_file(write("big", big), false).size(), big.size());
+TEST_F(SecretFile, ReadsUpToTheLimitAndRefusesMoreWhole) {
+  std::string max(rbdgw::max_secret_size, 'x');
+  EXPECT_EQ(rbdgw::read_secret_file(write("max", max)).size(), max.size());
+  try {
+    rbdgw::read_secret_file(write("big", max + "y"));
+    FAIL() << "a secret one byte over the limit was accepted";
+  } catch (const rbdgw::Error& e) {
+    EXPECT_EQ(e.code(), EFBIG);
+    EXPECT_NE(std::string(e.what()).find(dir_ + "/big"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(SecretFile, ParameterPlusFileIsTheWholeFile) {
+  const std::string content("a\nb\n", 4);
+  auto s = rbdgw::read_secret_parameter("+" + write("pw", content), "passphrase");
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->view(), content);
+}
+
+TEST(SecretParameter, MinusFdReadsThePipeToItsEndAndClosesIt) {
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  const std::string content("one\ntwo\0three\n", 14);
+  ASSERT_EQ(::write(p[1], content.data(), content.size()), static_cast<ssize_t>(content.size()));
+  ::close(p[1]);
+  auto s = rbdgw::read_secret_parameter("-" + std::to_string(p[0]), "passphrase");
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->view(), content);
+  EXPECT_EQ(::fcntl(p[0], F_GETFD), -1) << "fd left open";
+}
+
+TEST(SecretParameter, MinusAloneIsLeftToTheTerminalPrompt) {
+  EXPECT_FALSE(rbdgw::read_secret_parameter("-", "passphrase"));
+}
+
+TEST(SecretParameter, RefusesLiteralsStdioAndBadFds) {
+  for (const char* v : {"literal-secret", "-0", "-1", "-2", "-x3", "-3x", "+", ""}) {
+    try {
+      rbdgw::read_secret_parameter(v, "passphrase");
+      FAIL() << "accepted '" << v << "'";
+    } catch (const rbdgw::Error& e) {
+      EXPECT_EQ(e.code(), EINVAL) << v;
+      EXPECT_NE(std::string(e.what()).find("'passphrase'"), std::string::npos) << e.what();
+    }
+  }
+  try {
+    rbdgw::read_secret_parameter("-987", "key");
+    FAIL() << "accepted a closed fd";
+  } catch (const rbdgw::Error& e) {
+    EXPECT_EQ(e.code(), EBADF);
+    EXPECT_NE(std::string(e.what()).find("fd 987 is not open"), std::string::npos) << e.what();
+  }
+}
+
+TEST(SecretBuffer, TrimWhitespaceForBase64Keys) {
+  SecretBuffer s(std::string_view(" \tAQBkey==\r\n"));
+  EXPECT_EQ(rbdgw::trim_whitespace(s).view(), "AQBkey==");
+  EXPECT_TRUE(rbdgw::trim_whitespace(SecretBuffer(std::string_view(" \n"))).empty());
+}
+
+TEST(SecretBuffer, NewlineHintOnlyForAPassphraseEndingInANewline) {
+  EXPECT_EQ(rbdgw::trailing_newline_hint(SecretBuffer(std::string_view("pw"))), "");
+  EXPECT_EQ(rbdgw::trailing_newline_hint(SecretBuffer(std::string_view("pw\n "))), "");
+  EXPECT_EQ(rbdgw::trailing_newline_hint(SecretBuffer()), "");
+  const std::string h = rbdgw::trailing_newline_hint(SecretBuffer(std::string_view("pw\n")));
+  EXPECT_NE(h.find("ends in a newline"), std::string::npos) << h;
+  EXPECT_NE(h.find("0.1.0"), std::string::npos) << h;
 }
