@@ -31,6 +31,7 @@ packages=(
   nlohmann-json3-dev
   # attaching and filesystems
   fuse3 libfuse3-dev e2fsprogs xfsprogs util-linux kmod nbd-client
+  keyutils  # keyctl: re-adoption tests under a fresh session keyring
   # tests
   libgtest-dev libgmock-dev python3 python3-cryptography python3-yaml jq
   parted  # partition tables for lib/luks probe() tests

@@ -17,7 +17,7 @@
 #include <sstream>
 #include <thread>
 
-#include "attach/keyring.hpp"
+#include "attach/secret_store.hpp"
 #include "attach/nbd_netlink.hpp"
 #include "attach/process.hpp"
 #include "common/error.hpp"
@@ -420,8 +420,8 @@ Stash attach(const Volume& v, const AttachOptions& o) {
 
     // Userspace: the gateway decrypts (luks2 filter); kernel: dm-crypt does.
     const bool gateway_decrypts = v.encrypted && mode == Mode::userspace;
-    if (gateway_decrypts) keyring_store(v.id, kPassphrase, v.passphrase);
-    if (s.cephx_key_in_keyring) keyring_store(v.id, kCephx, v.cluster.key);
+    if (gateway_decrypts) store_secret(v.id, kPassphrase, v.passphrase);
+    if (s.cephx_key_in_keyring) store_secret(v.id, kCephx, v.cluster.key);
     progress(o, cat("starting the gateway for ", s.image));
     start_gateway(s, o.tools, s.cephx_key_in_keyring ? &v.cluster.key : nullptr,
                   gateway_decrypts ? &v.passphrase : nullptr, o.timeout, save);
@@ -522,8 +522,8 @@ void detach(const std::string& stash_path) {
     stop_process(stray(s, fuse_pid_file(s)), 5s);
     stop_process(stray(s, gateway_pid_file(s)), 10s);
   }
-  keyring_remove(s.volume_id, kPassphrase);
-  keyring_remove(s.volume_id, kCephx);
+  remove_secret(s.volume_id, kPassphrase);
+  remove_secret(s.volume_id, kCephx);
   std::error_code ec;
   if (!s.run_dir.empty()) fs::remove_all(s.run_dir, ec);
   if (ec) throw Error(ec.value(), cat("remove ", s.run_dir, ": ", ec.message()));
@@ -579,11 +579,11 @@ VolumeStatus readopt(const std::string& stash_path, const AttachOptions& o) {
     throw Error(EIO, cat("volume ", s.volume_id, ": its attach was interrupted; detach it and attach again"));
   if (!alive(s.gateway)) {
     std::optional<SecretBuffer> pass, key;
-    if (s.encrypted && s.mode == Mode::userspace && !(pass = keyring_load(s.volume_id, kPassphrase)))
-      throw Error(ENOKEY, cat("volume ", s.volume_id, ": passphrase not in the kernel keyring; "
+    if (s.encrypted && s.mode == Mode::userspace && !(pass = load_secret(s.volume_id, kPassphrase)))
+      throw Error(ENOKEY, cat("volume ", s.volume_id, ": passphrase not in the secret store ", secret_root(), "; "
                               "detach it and attach again"));
-    if (s.cephx_key_in_keyring && !(key = keyring_load(s.volume_id, kCephx)))
-      throw Error(ENOKEY, cat("volume ", s.volume_id, ": cephx key not in the kernel keyring; "
+    if (s.cephx_key_in_keyring && !(key = load_secret(s.volume_id, kCephx)))
+      throw Error(ENOKEY, cat("volume ", s.volume_id, ": cephx key not in the secret store ", secret_root(), "; "
                               "detach it and attach again"));
     progress(o, cat("restarting the gateway for ", s.image, " (volume ", s.volume_id, ")"));
     const auto cluster = cluster_options(s, key);

@@ -28,9 +28,10 @@
 // Secrets (LUKS passphrase, cephx key) reach the gateway only through an
 // inherited pipe (nbdkit's "-FD" password syntax), never argv, environment or
 // a file. To restart a dead gateway without asking the caller again they are
-// kept in root's kernel user keyring (@u, key type "user", descriptions
-// "rbdgw:<volume-id>:passphrase" / ":cephx"), which lives in kernel memory
-// only, survives a restart of the shim and is removed by detach().
+// kept in the secret store (attach/secret_store.hpp: 0600 files in a 0700
+// root-only directory on tmpfs, default /run/rbdgw/@secrets), never on
+// persistent disk; it survives a restart of the shim and of its container,
+// not a reboot, and detach() wipes the volume's secrets from it.
 //
 // Gateway and exporter processes outlive the caller: double-forked, own
 // session, stdout/stderr to log files in the run dir.
@@ -235,7 +236,7 @@ struct VolumeStatus {
 VolumeStatus status(const Stash& s);
 
 // Re-adopts an attached volume: if its gateway died, restarts it on the same
-// socket with the secrets kept in the kernel keyring (the exporter / kernel
+// socket with the secrets kept in the secret store (the exporter / kernel
 // reconnects); never unmounts. Returns the status after the repair. Throws
 // Error(EIO) when the volume cannot be repaired in place (exporter dead).
 VolumeStatus readopt(const std::string& stash_path, const AttachOptions& o);

@@ -63,7 +63,9 @@ assert_kernel_clean() {
   assert_clean
   [ ! -e "/dev/mapper/$dm" ] || fail "/dev/mapper/$dm left behind"
   if ls /sys/block/nbd*/pid >/dev/null 2>&1; then fail "nbd device left connected: $(ls /sys/block/nbd*/pid)"; fi
-  if grep -q "rbdgw:$vol:" /proc/keys; then fail "secrets of $vol left in the kernel keyring"; fi
+  if ls -A "${RBDGW_SECRET_DIR:-/run/rbdgw/@secrets}" 2>/dev/null | grep -qF "$vol."; then
+    fail "secrets of $vol left in the secret store"
+  fi
 }
 
 # First map: LUKS2-formatted on first use, opened by dm-crypt, mkfs, mount.

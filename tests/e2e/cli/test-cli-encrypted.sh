@@ -3,7 +3,7 @@
 # formatted on first map and marked encrypted, the raw image holds a LUKS2
 # header and no plaintext, the passphrase is in no argv or environment,
 # a wrong passphrase is refused (status 7), a killed gateway is restarted
-# with the passphrase from the kernel keyring, and unmap forgets it.
+# with the passphrase from the secret store, and unmap forgets it.
 source "$RBDGW_SOURCE_DIR/tests/lib/functions.sh"
 source "$RBDGW_SOURCE_DIR/tests/e2e/cli/cli-functions.sh"
 requires test -f "$RBDGW_FILTER"
@@ -28,9 +28,10 @@ grep -q "passphrase=-4" "/proc/$pid/cmdline" || fail "gateway does not read the 
 if tr '\0' '\n' <"/proc/$pid/cmdline" | grep -q "battery"; then fail "passphrase in the gateway's argv"; fi
 if tr '\0' '\n' <"/proc/$pid/environ" | grep -q "battery"; then fail "passphrase in the gateway's environment"; fi
 if grep -rq "battery" "$RUN_ROOT"; then fail "passphrase in a file of the run dir"; fi
-grep -q "rbdgw:$vol:passphrase" /proc/keys || fail "passphrase not kept in the kernel keyring"
+store="${RBDGW_SECRET_DIR:-/run/rbdgw/@secrets}"
+[ -f "$store/$vol.passphrase" ] || fail "passphrase not kept in the secret store $store"
 
-# Gateway killed: restarted with the passphrase from the keyring.
+# Gateway killed: restarted with the passphrase from the secret store.
 kill -9 "$pid"
 cli reattach "$vol" >/dev/null || fail "reattach of the encrypted volume failed"
 grep -q "$marker" "$mnt/file" || fail "file unreadable after the restart"
@@ -38,10 +39,7 @@ echo more >"$mnt/file2"
 sync -f "$mnt"
 cli unmap "$mnt"
 assert_clean
-# An unlinked key leaves /proc/keys when the kernel's key GC frees it, a
-# moment later (asynchronously).
-for ((i = 0; i < 100; i++)); do grep -q "rbdgw:$vol:" /proc/keys || break; sleep 0.1; done
-if grep -q "rbdgw:$vol:" /proc/keys; then fail "unmap left the passphrase in the keyring"; fi
+if [ -e "$store/$vol.passphrase" ]; then fail "unmap left the passphrase in the secret store"; fi
 
 rbd_cli export --no-progress "rbd/$img" "$TEST_TMP/raw"
 [ "$(head -c 6 "$TEST_TMP/raw" | od -An -tx1 | tr -d ' ')" = 4c554b53babe ] || fail "raw image does not start with a LUKS header"

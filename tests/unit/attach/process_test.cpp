@@ -1,5 +1,6 @@
 // lib/attach internals against the real kernel: detached children with a
-// secret on a descriptor, short commands, and the kernel keyring.
+// secret on a descriptor and short commands. (The secret store that replaced
+// the kernel keyring is tested in secret_store_test.cpp.)
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -10,7 +11,6 @@
 #include <sstream>
 #include <thread>
 
-#include "attach/keyring.hpp"
 #include "attach/process.hpp"
 #include "common/error.hpp"
 
@@ -144,19 +144,4 @@ TEST(RunCommand, CapturesOutputErrorsAndStatus) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("it broke"), std::string::npos) << e.what();
   }
-}
-
-TEST(Keyring, StoreLoadReplaceRemove) {
-  const std::string vol = "unit-test-" + std::to_string(::getpid());
-  EXPECT_FALSE(keyring_load(vol, "passphrase").has_value());
-  keyring_store(vol, "passphrase", SecretBuffer(std::string_view("first")));
-  auto got = keyring_load(vol, "passphrase");
-  ASSERT_TRUE(got.has_value());
-  EXPECT_EQ(got->view(), "first");
-  keyring_store(vol, "passphrase", SecretBuffer(std::string_view("second")));
-  EXPECT_EQ(keyring_load(vol, "passphrase")->view(), "second");
-  EXPECT_FALSE(keyring_load(vol, "cephx").has_value());
-  keyring_remove(vol, "passphrase");
-  EXPECT_FALSE(keyring_load(vol, "passphrase").has_value());
-  keyring_remove(vol, "passphrase");  // absent: fine
 }
