@@ -338,7 +338,8 @@ nbdkit_filter filter = {
     .config = luks2_config,
     .config_complete = luks2_config_complete,
     .config_help =
-        "passphrase=<PASSWORD>     The passphrase: +FILE, -FD or - (interactive).\n"
+        "passphrase=<PASSWORD>     The passphrase: +FILE or -FD (every byte, as cryptsetup\n"
+        "                          --key-file reads it), or - (typed, one line).\n"
         "key-file=<FILE>           Or: the whole file is the passphrase (cryptsetup --key-file).\n"
         "allow-discards=<BOOL>     Pass trim down (default false, as dm-crypt).",
     .open = luks2_open,

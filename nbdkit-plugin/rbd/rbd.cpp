@@ -252,7 +252,8 @@ nbdkit_plugin make_plugin() {
       "timeout=SECS               Connect timeout (default: 30).\n"
       "ceph.OPTION=VALUE          Any other Ceph client option, e.g. ceph.rbd_cache=false.\n"
       "encryption-format=luks1|luks2  Load librbd encryption (rbd encryption format).\n"
-      "encryption-passphrase=+FILE|-FD|-  Its passphrase.";
+      "encryption-passphrase=+FILE|-FD|-  Its passphrase (from a file or fd: every byte,\n"
+      "                           as cryptsetup --key-file reads it).";
   p.magic_config_key = "image";
   p.get_ready = rbd_get_ready;
   p.after_fork = rbd_after_fork;
