@@ -12,15 +12,15 @@
 
 #include "common/error.hpp"
 #include "luks/cryptsetup.hpp"
-#include "luks/probe.hpp"
+#include "luks/layout.hpp"
 
 namespace rbdgw::luks {
 namespace {
 
 using nlohmann::json;
 using detail::CryptPtr;
+using detail::json_u64;
 
-constexpr std::uint64_t kBinaryHeaderSize = 4096;
 constexpr std::uint64_t kDefaultHeaderArea = 16u << 20;  // LUKS2 default data offset
 
 struct Fd {
@@ -57,59 +57,31 @@ void pwrite_all(int fd, const std::uint8_t* p, std::size_t n, std::uint64_t off,
   }
 }
 
-// Reads up to n bytes at off; fewer only where the source ends.
-std::vector<std::uint8_t> read_some(const Reader& read, std::uint64_t off, std::size_t n) {
-  std::vector<std::uint8_t> buf(n);
-  std::size_t got = 0;
-  while (got < n) {
-    const std::size_t r = read(std::span(buf).subspan(got), off + got);
-    if (r == 0) break;
-    got += r;
+constexpr std::size_t kCopyChunk = std::size_t{1} << 20;
+
+// Copies extent e of the source into fd at the same offset, kCopyChunk at a
+// time; throws "truncated LUKS2 header" where the source ends early.
+void copy_range(const Reader& read, int fd, const Extent& e, std::string_view object) {
+  std::vector<std::uint8_t> buf(std::min<std::uint64_t>(kCopyChunk, e.size));
+  for (std::uint64_t done = 0; done < e.size;) {
+    const std::size_t want = std::min<std::uint64_t>(buf.size(), e.size - done);
+    std::size_t got = 0;
+    while (got < want) {
+      const std::size_t r = read(std::span(buf).subspan(got, want - got), e.offset + done + got);
+      if (r == 0)
+        throw Error(EINVAL, cat(object, ": truncated LUKS2 header: it needs ", e.end(),
+                                " bytes but the source ends at ", e.offset + done + got));
+      got += r;
+    }
+    if (std::any_of(buf.begin(), buf.begin() + want, [](std::uint8_t c) { return c != 0; }))
+      pwrite_all(fd, buf.data(), want, e.offset + done, object);
+    done += want;
   }
-  buf.resize(got);
-  return buf;
-}
-
-// Reads exactly n bytes at off, or throws "truncated LUKS2 header".
-std::vector<std::uint8_t> read_exact(const Reader& read, std::string_view object,
-                                     std::uint64_t off, std::size_t n) {
-  auto buf = read_some(read, off, n);
-  if (buf.size() < n)
-    throw Error(EINVAL, cat(object, ": truncated LUKS2 header: it needs ", off + n,
-                            " bytes but the source ends at ", off + buf.size()));
-  return buf;
-}
-
-std::uint64_t be64(const std::uint8_t* p) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | p[i];
-  return v;
-}
-
-// LUKS2 JSON numbers are decimal strings ("offset": "16777216").
-std::optional<std::uint64_t> json_u64(const json& j, const char* key) {
-  const auto it = j.find(key);
-  if (it == j.end()) return std::nullopt;
-  if (it->is_number_unsigned()) return it->get<std::uint64_t>();
-  if (!it->is_string()) return std::nullopt;
-  const auto& s = it->get_ref<const std::string&>();
-  std::uint64_t v = 0;
-  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
-  return v;
 }
 
 [[noreturn]] void corrupt(std::string_view object, std::string_view what) {
   throw Error(EINVAL, cat(object, ": corrupt LUKS2 header: ", what));
 }
-
-// What must be copied before libcryptsetup can load a header: the data
-// offset (the copy's size) and the end of the keyslot areas to read.
-struct Layout {
-  std::uint64_t data_offset = 0;
-  std::uint64_t used_keyslots_end = 0;  // end of the last used keyslot area
-  std::uint64_t keyslots_end = 0;       // end of the whole keyslots area
-};
 
 struct Area {
   std::uint64_t offset = 0, size = 0;
@@ -126,47 +98,6 @@ std::vector<Area> keyslot_areas(const json& j, std::string_view object) {
     areas.push_back({*off, *size});
   }
   return areas;
-}
-
-Layout layout_from_json(const json& j, std::uint64_t hdr_size, std::string_view object) {
-  Layout l;
-  const auto& segs = j.at("segments");
-  if (!segs.is_object() || segs.empty()) corrupt(object, "no data segment");
-  l.data_offset = UINT64_MAX;
-  for (const auto& [_, s] : segs.items()) {
-    const auto off = json_u64(s, "offset");
-    if (!off) corrupt(object, "segment without offset");
-    l.data_offset = std::min(l.data_offset, *off);
-  }
-  const auto ks_size = json_u64(j.at("config"), "keyslots_size");
-  if (!ks_size) corrupt(object, "no config.keyslots_size");
-  l.keyslots_end = std::min(l.data_offset, 2 * hdr_size + *ks_size);
-  l.used_keyslots_end = 2 * hdr_size;
-  for (const Area& a : keyslot_areas(j, object))
-    l.used_keyslots_end = std::max(l.used_keyslots_end, a.offset + a.size);
-  if (l.data_offset < 2 * hdr_size)
-    throw Error(ENOTSUP, cat(object, ": LUKS2 header with the data at offset ", l.data_offset,
-                             " (a detached header?) is not supported"));
-  if (l.used_keyslots_end > l.data_offset) corrupt(object, "keyslot area beyond the data offset");
-  return l;
-}
-
-// Parses the JSON area of the primary header, or of the secondary one if
-// the primary's does not parse (libcryptsetup checks the checksums later).
-Layout read_layout(std::span<const std::uint8_t> headers, std::uint64_t hdr_size,
-                   std::string_view object) {
-  for (std::uint64_t base : {std::uint64_t{0}, hdr_size}) {
-    const auto* b = headers.data() + base + kBinaryHeaderSize;
-    const auto* e = headers.data() + base + hdr_size;
-    const json j = json::parse(b, std::find(b, e, std::uint8_t{0}), nullptr, false);
-    if (j.is_discarded() || !j.is_object()) continue;
-    try {
-      return layout_from_json(j, hdr_size, object);
-    } catch (const json::exception&) {
-      continue;
-    }
-  }
-  corrupt(object, "neither JSON area is readable");
 }
 
 bool is_power_of_two(std::uint64_t v) { return v && (v & (v - 1)) == 0; }
@@ -233,36 +164,28 @@ struct Header::Impl {
   Fd memfd;            // in-memory copies only
   CryptPtr cd;
 
-  // An in-memory copy: the headers, and the keyslot areas up to the end of
-  // the used ones (or of all of them with `full`), in a sparse memfd as
-  // large as the data offset, loaded by libcryptsetup.
+  // An in-memory copy: the headers, and the key material of the keyslots
+  // (or the whole keyslots area with `full`), in a sparse memfd as large as
+  // the data offset, loaded by libcryptsetup. Every size is checked against
+  // LUKS2's limits first (inspect_header), so a crafted header costs at most
+  // 2 * 4 MiB of headers plus 128 MiB of keyslots area, read in chunks of
+  // kCopyChunk; all-zero chunks stay holes.
   static std::unique_ptr<Impl> copy(const Reader& read, std::string_view object, bool full) {
-    const auto first = read_some(read, 0, kBinaryHeaderSize);
-    const ProbeResult p = probe(first);
-    if (p.content == Content::luks1)
-      throw Error(ENOTSUP, cat(object, ": LUKS1 is not supported by the luks2 code; only LUKS2 "
-                                       "(convert with `cryptsetup convert --type luks2`)"));
-    if (p.content != Content::luks2)
-      throw Error(EINVAL, cat(object, ": not a LUKS2 volume (found ", p.signature, ")"));
-    if (first.size() < kBinaryHeaderSize) read_exact(read, object, 0, kBinaryHeaderSize);  // throws
-    const std::uint64_t hdr_size = be64(first.data() + 8);
-    if (!is_power_of_two(hdr_size) || hdr_size < (16u << 10) || hdr_size > (4u << 20))
-      corrupt(object, cat("header size ", hdr_size));
-    const auto headers = read_exact(read, object, 0, 2 * hdr_size);
-    const Layout l = read_layout(headers, hdr_size, object);
-
+    const HeaderLayout l = inspect_header(read, object);
     auto impl = std::make_unique<Impl>();
     impl->object = object;
     impl->memfd = make_memfd(object);
     const int fd = impl->memfd.fd;
+    pwrite_all(fd, l.headers.data(), l.headers.size(), 0, object);
+    if (full) {
+      const std::uint64_t start = 2 * l.hdr_size, end = l.keyslots_end();
+      if (end > start) copy_range(read, fd, {start, end - start}, object);
+    } else {
+      for (const Extent& e : l.key_material) copy_range(read, fd, e, object);
+    }
+    check_data_inside(read, l, object);
     if (::ftruncate(fd, static_cast<off_t>(l.data_offset)) != 0)
       throw_errno("ftruncate (header copy)", object, errno);
-    pwrite_all(fd, headers.data(), headers.size(), 0, object);
-    const std::uint64_t end = full ? l.keyslots_end : l.used_keyslots_end;
-    if (end > 2 * hdr_size) {
-      const auto ks = read_exact(read, object, 2 * hdr_size, end - 2 * hdr_size);
-      pwrite_all(fd, ks.data(), ks.size(), 2 * hdr_size, object);
-    }
     impl->path = cat("/proc/self/fd/", fd);
     impl->cd = detail::init_device(impl->path);
     detail::load_luks2(impl->cd.get(), object);

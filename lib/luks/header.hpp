@@ -86,10 +86,13 @@ struct FormatOptions {
 
 // Unlocks the LUKS2 volume that `read` reads: checks the passphrase and
 // returns the volume key with the data segment. Reads the binary headers,
-// the JSON areas and the used keyslot areas only. `object` names the source
-// in errors ("rbd/vol1"). Errors: EPERM "wrong passphrase (no keyslot
-// matched)", ENOTSUP for LUKS1, unsupported ciphers or integrity, EINVAL for
-// non-LUKS content, truncated or corrupt headers.
+// the JSON areas and the key material of the keyslots only, each size
+// checked against LUKS2's own limits before anything is allocated
+// (luks/layout.hpp), so a crafted header costs a few MiB. `object` names
+// the source in errors ("rbd/vol1"). Errors: EPERM "wrong passphrase (no
+// keyslot matched)", ENOTSUP for LUKS1, a re-encryption in progress,
+// unsupported ciphers or integrity, EINVAL for non-LUKS content, truncated,
+// corrupt or out-of-limit headers and a data offset past the source's end.
 Unlocked unlock(const Reader& read, std::string_view object, const SecretBuffer& passphrase);
 
 // Throws Error(ENOTSUP) naming object unless s is aes-xts-plain64 with a
@@ -110,7 +113,8 @@ class Header {
   // keyslot for passphrase; bytes() gives what to write at offset 0.
   static Header format_in_memory(const SecretBuffer& passphrase, const FormatOptions& opts);
   // An editable in-memory copy of the whole header area (headers and all
-  // keyslot areas) that `read` reads.
+  // keyslot areas, at most 8 MiB + 128 MiB, checked as for unlock()) that
+  // `read` reads.
   static Header read(const Reader& read, std::string_view object);
 
   Header(Header&&) noexcept;

@@ -241,6 +241,11 @@ int luks2_prepare(nbdkit_next* next, void* handle, int readonly) {
   auto* h = static_cast<Handle*>(handle);
   return guard_void(nullptr, [&] {
     const std::uint64_t dev_size = export_size(next, h->object);
+    // Nothing below is read from an export that cannot hold a binary header
+    // (nbdkit aborts on a zero-length read).
+    if (dev_size < fingerprint_size)
+      throw Error(EINVAL, cat(h->object, ": ", dev_size, " bytes is too small for a LUKS2 volume "
+                              "(its binary header alone is ", fingerprint_size, " bytes)"));
     auto vol = unlock_volume(next, h->object, dev_size);
     h->size = segment_size(vol->segment, dev_size, h->object);
     h->vol = std::move(vol);
