@@ -25,6 +25,7 @@
 #include "luks/probe.hpp"
 #include "luks/volume.hpp"
 #include "luks/volume_format.hpp"
+#include "rbd/allocation.hpp"
 #include "rbd/image.hpp"
 
 namespace fs = std::filesystem;
@@ -91,7 +92,8 @@ void wait_ready(const ProcessRef& p, const std::string& what, const std::string&
                 std::chrono::seconds timeout, F ready) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!ready()) {
-    if (!alive(p)) throw Error(EIO, cat(what, " exited; its log: ", log_tail(log_path)));
+    if (!alive(p))
+      throw Error(EIO, cat(what, " exited (", exit_reason(p), "); its log: ", log_tail(log_path)));
     if (std::chrono::steady_clock::now() > deadline)
       throw Error(ETIMEDOUT, cat(what, " not ready after ", timeout.count(), " s; its log: ",
                                  log_tail(log_path)));
@@ -153,19 +155,10 @@ void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
       return;
     } catch (const Error&) {
       if (attempt >= 2 || alive(s.gateway) || log_tail(s.gateway_log) != "(no output)") throw;
-      log::warn("gateway for ", s.image, " exited at start without a message; starting it again");
+      log::warn("gateway for ", s.image, " (pid ", s.gateway.pid, ") exited at start without a message (",
+                exit_reason(s.gateway), "); starting it again");
     }
   }
-}
-
-// Whether any extent of the image was ever written (librbd's allocation
-// map), so that data past the first MiB also keeps mkfs away.
-bool image_has_data(const rbd::Image& img) {
-  auto found = [](uint64_t, size_t, int exists, void*) -> int { return exists ? -EEXIST : 0; };
-  int r = rbd_diff_iterate2(img.handle(), nullptr, 0, img.size(), 1, 1, found, nullptr);
-  if (r == -EEXIST) return true;
-  check(r, "rbd_diff_iterate2", img.spec());
-  return false;
 }
 
 // The stash's cluster connection, with the cephx key from the keyring.
@@ -231,13 +224,16 @@ void fence_dead_gateway(const rbd::ClusterOptions& c, const rbd::ImageSpec& spec
 }
 
 struct ImageState {
-  bool has_data = false;  // unencrypted volume: written somewhere
-  bool fresh = false;     // encrypted volume: LUKS2 made, no filesystem yet
+  // Where the filesystem's bytes start in the image: 0, or the LUKS2 data
+  // segment's offset.
+  std::uint64_t data_offset = 0;
+  bool first_use = false;  // encrypted, tagged encryptionPrepared: marked encrypted when done
 };
 
-// Checks the image and formats an encrypted volume on its first attach.
-// fresh: the volume's plaintext holds no data yet (formatted now, or by an
-// attach that did not finish), so mkfs may run although it is not zero.
+// Checks the image (and an encrypted volume's passphrase) and formats an
+// encrypted volume on its first attach, only where the image is provably
+// blank (luks::format_image). Whether a filesystem may be made is decided
+// later, on the device (ensure_filesystem).
 ImageState inspect_image(const Volume& v, const AttachOptions& o) {
   using kms::EncryptionState;
   const std::string obj = v.image.str();
@@ -249,39 +245,28 @@ ImageState inspect_image(const Volume& v, const AttachOptions& o) {
     if (state != EncryptionState::none)
       throw Error(EINVAL, cat(obj, ": the volume is tagged '", kms::state_value(state),
                               "'; attach it as encrypted, with its passphrase"));
-    return {image_has_data(img), false};
+    return {};
   }
-  const std::uint64_t size = img.size();
-  const luks::Reader read = [&](std::span<std::uint8_t> buf, std::uint64_t off) {
-    const std::size_t n = off >= size ? 0 : std::min<std::uint64_t>(buf.size(), size - off);
-    img.read(off, buf.data(), n);
-    return n;
-  };
+  const luks::Reader read = rbd::raw_reader(img);
   // Checked here (one key derivation) so that a wrong passphrase is a clear
   // EPERM rather than a gateway that serves nothing.
   const auto check_passphrase = [&] {
     progress(o, cat("checking the passphrase of ", obj));
-    luks::unlock(read, obj, v.passphrase);
+    return luks::unlock(read, obj, v.passphrase).segment.offset;
   };
-  if (state == EncryptionState::encrypted) {
-    check_passphrase();
-    return {};
-  }
+  if (state == EncryptionState::encrypted) return {check_passphrase(), false};
   // A LUKS2 header already there: made by `rbdgw format` or an attach that
-  // stopped before the filesystem (tagged: fresh), or, untagged, a LUKS2
-  // volume made elsewhere that opens as it is.
+  // stopped before the filesystem (tagged), or, untagged, a LUKS2 volume
+  // made elsewhere that opens as it is.
   const bool tagged = state != EncryptionState::none;
   std::vector<std::uint8_t> first(4096);
   first.resize(read(first, 0));
-  if (luks::probe(first).content == luks::Content::luks2) {
-    check_passphrase();
-    return {false, tagged};
-  }
+  if (luks::probe(first).content == luks::Content::luks2) return {check_passphrase(), tagged};
   if (v.read_only) throw Error(EROFS, cat(obj, ": a new encrypted volume cannot be attached read-only"));
-  progress(o, cat("formatting ", obj, " as LUKS2"));
-  luks::format_image(img, v.passphrase, o.luks_format, tagged);
+  progress(o, cat("formatting ", obj, " as LUKS2 (once it is shown to hold no data)"));
+  const luks::Segment seg = luks::format_image(img, v.passphrase, o.luks_format, tagged);
   if (!tagged) kms::set_state(img, EncryptionState::prepared);
-  return {false, true};
+  return {seg.offset, true};
 }
 
 // After the first filesystem (or first raw attach) of a formatted volume.
@@ -291,32 +276,65 @@ void mark_encrypted(const Volume& v) {
   kms::set_state(img, kms::EncryptionState::encrypted);
 }
 
-// Makes the filesystem when the device is blank (or fresh), else checks
-// that it holds one of the requested type.
-void ensure_filesystem(const Stash& s, const ImageState& image, const AttachOptions& o) {
-  std::vector<std::uint8_t> first(kProbeBytes);
-  int fd = ::open(s.device.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw_errno("open", s.device, errno);
-  ssize_t n = ::pread(fd, first.data(), first.size(), 0);
-  int e = errno;
-  ::close(fd);
-  if (n < 0) throw_errno("read", s.device, e);
-  first.resize(static_cast<std::size_t>(n));
-  const auto found = luks::probe(first);
-  if ((found.content == luks::Content::blank && !image.has_data) || image.fresh) {
-    if (s.read_only) throw Error(EROFS, cat(s.image, ": blank, and read-only: cannot make a filesystem"));
-    progress(o, cat("making an ", s.fstype, " filesystem on ", s.device, " (", s.image, ")"));
-    run_checked(mkfs_argv(s.fstype, s.device));
-    return;
+// Set in the image metadata right before mkfs runs on a volume proven
+// blank, removed when it succeeded: a retry after a crash in between knows
+// that the data it finds is a half-made filesystem of ours, not the user's.
+constexpr const char* kMkfsMarker = "rbdgw.io/mkfs-started";
+
+// Makes the filesystem when the volume provably holds nothing where it
+// would write, else checks that it holds one of the requested type.
+// Blank means: no filesystem signature (blkid), and every extent of the
+// image ever allocated past data_offset (the parent's included) holds
+// nothing: zeros in the raw image (never written) or, for an encrypted
+// volume, zeros in its plaintext (rbd::require_blank: bounded in time,
+// refusing rather than guessing). The plaintext of never-written ciphertext
+// is noise, so an encrypted volume's device is not probed for zeros.
+void ensure_filesystem(const Stash& s, const Volume& v, const ImageState& image,
+                       const AttachOptions& o) {
+  const bool encrypted = image.data_offset > 0;
+  auto cluster = rbd::Cluster::connect(v.cluster);
+  auto img = rbd::Image::open(cluster, v.image,
+                              v.read_only ? rbd::Image::Mode::read_only : rbd::Image::Mode::read_write);
+  const bool half_made = img.get_meta(kMkfsMarker).has_value();
+  if (!half_made) {
+    const CommandResult r = run_command({"blkid", "-p", "-s", "TYPE", "-o", "value", s.device});
+    const std::string type = r.out.substr(0, r.out.find('\n'));
+    if (type == s.fstype) return;
+    if (!type.empty())
+      throw Error(EEXIST, cat(s.image, ": holds ", type, " filesystem, not ", s.fstype,
+                              "; refusing to format a volume that holds data"));
+    int fd = ::open(s.device.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw_errno("open", s.device, errno);
+    struct Closer {
+      int fd;
+      ~Closer() { ::close(fd); }
+    } closer{fd};
+    const rbd::RangeReader on_device = [&](std::span<std::uint8_t> buf, std::uint64_t off) {
+      ssize_t n = ::pread(fd, buf.data(), buf.size(), static_cast<off_t>(off));
+      if (n < 0) throw_errno("read", s.device, errno);
+      return static_cast<std::size_t>(n);
+    };
+    if (!encrypted) {
+      std::vector<std::uint8_t> first(kProbeBytes);
+      first.resize(on_device(first, 0));
+      const auto found = luks::probe(first);
+      if (found.content != luks::Content::blank)
+        throw Error(EEXIST, cat(s.image, ": holds ", found.signature, ", not ", s.fstype,
+                                "; refusing to format a volume that holds data"));
+    }
+    progress(o, cat("checking that ", s.image, " holds no data"));
+    std::vector<rbd::RangeReader> views;
+    if (encrypted) views.push_back(rbd::raw_reader(img, image.data_offset));
+    views.push_back(on_device);
+    rbd::require_blank(img, image.data_offset, img.size(), views, s.image,
+                       cat("make an ", s.fstype, " filesystem on it"), encrypted);
   }
-  const CommandResult r = run_command({"blkid", "-p", "-s", "TYPE", "-o", "value", s.device});
-  std::string type = r.out.substr(0, r.out.find('\n'));
-  if (type == s.fstype) return;
-  const std::string what = !type.empty() ? type + " filesystem"
-                           : found.content == luks::Content::blank ? "data past its first MiB"
-                                                                    : std::string(found.signature);
-  throw Error(EEXIST, cat(s.image, ": holds ", what,
-                          ", not ", s.fstype, "; refusing to format a volume that holds data"));
+  if (s.read_only) throw Error(EROFS, cat(s.image, ": blank, and read-only: cannot make a filesystem"));
+  img.set_meta(kMkfsMarker, s.fstype);
+  progress(o, cat("making an ", s.fstype, " filesystem on ", s.device, " (", s.image, ")",
+                  half_made ? ", again after an interrupted first attach" : ""));
+  run_checked(mkfs_argv(s.fstype, s.device));
+  img.remove_meta(kMkfsMarker);
 }
 
 // The loop devices backed by file (recorded or not).
@@ -468,7 +486,7 @@ Stash attach(const Volume& v, const AttachOptions& o) {
       save();
     }
     if (!v.block) {
-      ensure_filesystem(s, image, o);
+      ensure_filesystem(s, v, image, o);
       progress(o, cat("mounting ", s.device, " on ", s.target));
       if (::mount(s.device.c_str(), s.target.c_str(), s.fstype.c_str(),
                   v.read_only ? MS_RDONLY : 0,
@@ -477,7 +495,7 @@ Stash attach(const Volume& v, const AttachOptions& o) {
       s.mounted = true;
       save();
     }
-    if (image.fresh) mark_encrypted(v);
+    if (image.first_use) mark_encrypted(v);
     s.complete = true;
     save();
     return s;

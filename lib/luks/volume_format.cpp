@@ -7,6 +7,7 @@
 #include "common/error.hpp"
 #include "common/log.hpp"
 #include "luks/probe.hpp"
+#include "rbd/allocation.hpp"
 
 namespace rbdgw::luks {
 namespace {
@@ -91,6 +92,11 @@ Segment format_image(rbd::Image& image, const SecretBuffer& passphrase, const Fo
   const Writer write = [&](std::span<const std::uint8_t> buf, std::uint64_t off) {
     image.write(off, buf.data(), buf.size());
   };
+  // format_volume reads the header area byte by byte; past it, the image's
+  // allocation map shows where data may be, and that is read back.
+  const std::uint64_t area = std::min(size, kDefaultHeaderArea);
+  const rbd::RangeReader raw[] = {rbd::raw_reader(image, area)};
+  rbd::require_blank(image, area, size, raw, image.spec(), "format it as LUKS2");
   const Segment seg =
       format_volume(read, write, size, image.spec(), passphrase, opts, encryption_prepared);
   image.flush();

@@ -37,7 +37,9 @@ Segment format_volume(const Reader& read, const Writer& write, std::uint64_t vol
                       std::string_view object, const SecretBuffer& passphrase,
                       const FormatOptions& opts, bool encryption_prepared);
 
-// format_volume on an RBD image (flushed before returning).
+// format_volume on an RBD image (flushed before returning). Past the header
+// area the image must be blank too (rbd::require_blank: no allocated extent,
+// or only zeros), or ENOTEMPTY / ENOTSUP as that function says.
 Segment format_image(rbd::Image& image, const SecretBuffer& passphrase, const FormatOptions& opts,
                      bool encryption_prepared);
 
