@@ -16,10 +16,10 @@
 #      its default places; no RBDGW_SECRET_DIR), and a new mount namespace
 #      (`unshare -m`, a container restart each time) with its own tmpfs /run
 #      and a host directory on tmpfs bind-mounted at /run/rbdgw, as the
-#      DaemonSet's hostPath with mountPropagation: Bidirectional (a shared
-#      mount, so the exporter's FUSE mount made in one container is seen by
-#      the next): the secret store is at its default place,
-#      /run/rbdgw/@secrets.
+#      DaemonSet's hostPath (rbind), shared both ways (as mountPropagation:
+#      Bidirectional would; the shipped DaemonSet has none) because here the
+#      exporter outlives its "container" and the next one must see its FUSE
+#      mount: the secret store is at its default place, /run/rbdgw/@secrets.
 # Both: the secrets are 0600 files in a 0700 store and in no log or other
 # file, and unmap leaves nothing behind.
 source "$RBDGW_SOURCE_DIR/tests/lib/functions.sh"

@@ -289,6 +289,16 @@ def check_node(ds, driver_default, driver, version, out_dir, objs):
     v = volume(spec, m[0]["name"]) if m else None
     if not v or "hostPath" not in v:
         err(f"{w}: --state-dir {state} is not on a host path: staged volumes would be forgotten")
+    # /run/rbdgw (run dirs and the secret store /run/rbdgw/@secrets that
+    # re-adoption reads) must be the host's /run/rbdgw (tmpfs: gone at reboot,
+    # kept across a restart of the container)
+    m = mount_for(c, "/run/rbdgw/@secrets")
+    v = volume(spec, m[0]["name"]) if m else None
+    if not v or "hostPath" not in v:
+        err(f"{w}: /run/rbdgw is not on a host path: re-adoption secrets would die with the container")
+    elif posixpath.normpath(posixpath.join(v["hostPath"]["path"], m[1])) != "/run/rbdgw/@secrets":
+        err(f"{w}: /run/rbdgw/@secrets is the host's "
+            f"{posixpath.join(v['hostPath']['path'], m[1])}, not under the host's /run/rbdgw (tmpfs)")
     # the socket: a host path kubelet reaches, registered by the registrar
     host_sock = None
     if loc:
