@@ -147,8 +147,9 @@ TEST(KMSConfig, PassphraseFileWinsOverTheRequest) {
   auto c = KMSConfig::parse(
       nlohmann::json{{"shared", {{"encryptionKMSType", "default"}, {"passphraseFile", file}}}}.dump(),
       "cfg");
-  EXPECT_EQ(c.build("shared", secrets)->decrypt_dek("v", "").view(), "file-passphrase");
-  EXPECT_EQ(c.build("shared", {})->decrypt_dek("v", "").view(), "file-passphrase");
+  // Byte for byte, its trailing newline included (as cryptsetup --key-file).
+  EXPECT_EQ(c.build("shared", secrets)->decrypt_dek("v", "").view(), "file-passphrase\n");
+  EXPECT_EQ(c.build("shared", {})->decrypt_dek("v", "").view(), "file-passphrase\n");
 }
 
 TEST(KMSConfig, LoadNamesTheFile) {

@@ -76,6 +76,12 @@ TEST(MetadataKMS, WrongPassphraseOrVolumeIsAClearError) {
   EXPECT_NE(msg.find("KMS 'secrets-metadata-test'"), std::string::npos) << msg;
   EXPECT_NE(msg.find(volid), std::string::npos) << msg;
   EXPECT_NE(msg.find("wrong passphrase"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("newline"), std::string::npos) << msg;
+  // A KMS secret that ends in a newline: the newline counts, and the error
+  // says that older rbdgw stripped it from passphrase files (no retry).
+  EXPECT_EQ(error_code([&] { metadata_kms(kms_pass + "\n")->decrypt_dek(volid, wrapped); }, &msg),
+            EPERM);
+  EXPECT_NE(msg.find("ends in a newline"), std::string::npos) << msg;
   // The KEK is salted with the volume ID: another volume's DEK does not open.
   EXPECT_EQ(error_code([&] { metadata_kms()->decrypt_dek(volid + "x", wrapped); }), EPERM);
 }
