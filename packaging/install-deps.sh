@@ -35,6 +35,7 @@ packages=(
   # tests
   libgtest-dev libgmock-dev python3 python3-cryptography python3-yaml jq
   parted  # partition tables for lib/luks probe() tests
+  clang  # libFuzzer target tests/fuzz/luks2-header (-fsanitize=fuzzer,address)
   # benchmarks and peers
   libbenchmark-dev fio qemu-utils qemu-block-extra
   # Debian package build
