@@ -5,6 +5,7 @@
 //   [image=]pool[/ns]/image[@snap]  conf=FILE  id=USER  keyring=FILE
 //   key=SECRET  mon_host=ADDRS  timeout=SECONDS  ceph.OPTION=VALUE
 //   encryption-format=luks1|luks2  encryption-passphrase=SECRET
+//   durable-writes=true|false
 //
 // Secret values (is_secret_key) never arrive as plain strings: the caller
 // reads them (nbdkit_read_password) and hands over a SecretBuffer.
@@ -28,6 +29,12 @@ struct ExportConfig {
   ClusterOptions cluster;
   std::optional<EncryptionFormat> encryption;
   SecretBuffer passphrase;
+  // Every write is on the OSDs when it completes: the librbd cache is off
+  // (rbd_cache=false), and an image or pool whose configuration would still
+  // acknowledge writes early is refused. What a gateway that can be killed
+  // and re-attached under a filesystem needs: the client above never learns
+  // that the gateway it flushes to is not the one it wrote to.
+  bool durable_writes = false;
 
   // True for keys whose value is a secret ("key", "encryption-passphrase").
   static bool is_secret_key(std::string_view key);
@@ -49,7 +56,8 @@ struct ExportConfig {
 
 // Connects to the cluster, opens the image (read-only for a snapshot or
 // with read_only) and loads its encryption when configured. Throws
-// rbdgw::Error naming the cluster, pool, image or passphrase problem.
+// rbdgw::Error naming the cluster, pool, image or passphrase problem, and
+// EINVAL when durable_writes cannot be had on this image.
 Image open_export(const ExportConfig& c, bool read_only = false);
 
 }  // namespace rbdgw::rbd
