@@ -1,0 +1,60 @@
+# Helpers for the FUSE exporter tests: source after tests/lib/functions.sh.
+
+RBDGW_FUSE="$RBDGW_BUILD_DIR/csi-shim/fuse/rbdgw-fuse"
+requires test -x "$RBDGW_FUSE"
+requires test -e /dev/fuse
+requires which nbdkit fusermount3 losetup findmnt python3 date
+MiB=$((1 << 20))
+
+# start_exporter SOCKET [OPTION...]: rbdgw-fuse on SOCKET, exposing
+# $TEST_TMP/disk; sets $exporter (pid) and $exporter_log, waits until the
+# file is a FUSE mount. Its cleanup (unmount, stop) runs after that of
+# anything registered later (the loop device).
+start_exporter() {
+  local sock=$1 i
+  shift
+  disk="$TEST_TMP/disk"
+  exporter_log="$TEST_TMP/fuse.log"
+  : >"$disk"
+  "$RBDGW_FUSE" "$@" "$sock" "$disk" 2>"$exporter_log" &
+  exporter=$!
+  cleanup_fn "fusermount3 -u -z '$disk'; kill $exporter; for _ in \$(seq 50); do kill -0 $exporter 2>/dev/null || break; sleep 0.1; done; kill -9 $exporter"
+  for ((i = 0; i < 100; i++)); do
+    findmnt -n "$disk" >/dev/null && return 0
+    kill -0 "$exporter" 2>/dev/null || break
+    sleep 0.1
+  done
+  cat "$exporter_log" >&2
+  fail "rbdgw-fuse did not mount $disk"
+}
+
+# attach_loop: a loop device on $disk (as lib/attach makes it), in $loop.
+attach_loop() {
+  loop=$(losetup --find --show --direct-io=off "$disk")
+  cleanup_fn "losetup -d $loop"
+}
+
+# running PID: PID is alive (not a zombie waiting to be reaped).
+running() { local st; st=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $st != Z* ]]; }
+
+# now: milliseconds since the epoch; elapsed START: milliseconds since START
+# (plain shell: a python3 start can take most of a second on a busy machine).
+now() { date +%s%3N; }
+elapsed() { echo $(($(now) - $1)); }
+# secs MS: MS as seconds, one decimal.
+secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+
+# assert_torn_down: the loop device can be detached, the FUSE mount goes
+# with fusermount3 -u (no -z), the exporter exits, nothing is left.
+assert_torn_down() {
+  local i
+  losetup -d "$loop" || fail "losetup -d $loop failed"
+  for ((i = 0; i < 50; i++)); do losetup -j "$disk" | grep -q . || break; sleep 0.1; done
+  fusermount3 -u "$disk" || fail "fusermount3 -u $disk failed"
+  for ((i = 0; i < 50; i++)); do running "$exporter" || break; sleep 0.1; done
+  running "$exporter" && fail "rbdgw-fuse still runs after the unmount"
+  wait "$exporter" || fail "rbdgw-fuse exited $? after the unmount"
+  findmnt -n "$disk" >/dev/null && fail "$disk is still mounted"
+  losetup -j "$disk" | grep -q . && fail "a loop device is still on $disk"
+  return 0
+}
