@@ -84,7 +84,7 @@ run_ops "$dev" plain
 cli unmap "$dev"
 assert_clean
 dev=$(map_raw "$plain")
-device_matches "$dev" "plain, mapped again" && pass "plain: the zeroed ranges are zeros in RADOS (after unmap and map)"
+device_matches "$dev" "plain, mapped again" && pass "plain: after unmap and map (from RADOS) the device holds the same bytes"
 cli unmap "$dev"
 rbd_cli export --no-progress "rbd/$plain" "$TEST_TMP/raw"
 head -c "$span" "$TEST_TMP/raw" | cmp - "$TEST_TMP/expect" >/dev/null ||
@@ -100,7 +100,7 @@ run_ops "$dev" encrypted
 cli unmap "$dev"
 assert_clean
 dev=$(map_raw "$enc" --encrypted --passphrase-file "$TEST_TMP/pass")
-device_matches "$dev" "encrypted, mapped again" && pass "encrypted: the zeroed ranges are zeros after unmap and map"
+device_matches "$dev" "encrypted, mapped again" && pass "encrypted: after unmap and map the device holds the same bytes"
 cli unmap "$dev"
 assert_clean
 # The plaintext range of the plain discard, in the raw image: ciphertext
