@@ -122,6 +122,11 @@ std::vector<std::string> gateway_argv(const Tools& t, const GatewayArgs& a) {
   if (a.read_only) v.push_back("--readonly");
   v.push_back(t.plugin);
   v.push_back("image=" + a.image);
+  // A gateway can be killed and restarted under a mounted filesystem (the
+  // exporter or the kernel reconnects): what it acknowledged must already
+  // be on the OSDs, or a flush to its successor would report success over
+  // writes the dead one only cached.
+  v.push_back("durable-writes=true");
   if (!a.conf_file.empty()) v.push_back("conf=" + a.conf_file);
   if (!a.mon_host.empty()) v.push_back("mon_host=" + a.mon_host);
   if (!a.user_id.empty()) v.push_back("id=" + a.user_id);

@@ -4,6 +4,7 @@
 #include <charconv>
 
 #include "common/error.hpp"
+#include "rbd/io.hpp"
 
 namespace rbdgw::rbd {
 namespace {
@@ -20,6 +21,8 @@ void set_once(std::string& field, std::string_view key, std::string_view value) 
 }
 
 constexpr std::string_view ceph_prefix = "ceph.";
+// What durable-writes=true sets.
+const std::pair<std::string, std::string> kNoCache{"rbd_cache", "false"};
 
 }  // namespace
 
@@ -50,6 +53,11 @@ void ExportConfig::set(std::string_view key, std::string_view value) {
   } else if (key == "encryption-format") {
     if (encryption) bad(key, "given more than once");
     encryption = parse_encryption_format(value);
+  } else if (key == "durable-writes") {
+    if (value != "true" && value != "false") bad(key, cat("'", value, "': expected true or false"));
+    if (durable_writes) bad(key, "given more than once");
+    durable_writes = value == "true";
+    if (durable_writes) cluster.config.emplace_back(kNoCache.first, kNoCache.second);
   } else if (key.starts_with(ceph_prefix) && key.size() > ceph_prefix.size()) {
     std::string opt(key.substr(ceph_prefix.size()));
     if (opt == "key") bad(key, "is a secret: use key=+FILE");
@@ -70,6 +78,11 @@ void ExportConfig::set_secret(std::string_view key, SecretBuffer value) {
 }
 
 void ExportConfig::validate() const {
+  if (durable_writes)
+    for (const auto& kv : cluster.config)
+      if (kv.first.starts_with("rbd_cache") && kv != kNoCache)
+        throw Error(EINVAL, cat("parameters 'durable-writes' and 'ceph.", kv.first,
+                                "' exclude each other"));
   if (!spec)
     throw Error(EINVAL, "no image given: pass [image=]pool[/namespace]/image[@snap]");
   if (!cluster.keyring.empty() && !cluster.key.empty())
@@ -84,6 +97,11 @@ Image open_export(const ExportConfig& c, bool read_only) {
   c.validate();
   const Cluster cluster = Cluster::connect(c.cluster);
   Image img = Image::open(cluster, *c.spec, read_only ? Image::Mode::read_only : Image::Mode::read_write);
+  if (c.durable_writes && !cache_mode(img).writes_durable)
+    throw Error(EINVAL, cat(img.spec(), ": its own configuration (rbd config image/pool: rbd_cache, "
+                            "rbd_cache_policy) acknowledges writes before they are on the OSDs; "
+                            "durable-writes=true refuses to serve it (see `rbd config image list ",
+                            img.spec(), "`)"));
   if (c.encryption) load_encryption(img, *c.encryption, c.passphrase);
   return img;
 }

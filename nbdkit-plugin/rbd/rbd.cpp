@@ -251,6 +251,8 @@ nbdkit_plugin make_plugin() {
       "mon_host=ADDRS             Monitor addresses (overrides the conf file).\n"
       "timeout=SECS               Connect timeout (default: 30).\n"
       "ceph.OPTION=VALUE          Any other Ceph client option, e.g. ceph.rbd_cache=false.\n"
+      "durable-writes=true        Every completed write is on the OSDs (librbd cache off;\n"
+      "                           an image whose own config would cache writes is refused).\n"
       "encryption-format=luks1|luks2  Load librbd encryption (rbd encryption format).\n"
       "encryption-passphrase=+FILE|-FD|-  Its passphrase (from a file or fd: every byte,\n"
       "                           as cryptsetup --key-file reads it).";

@@ -159,7 +159,7 @@ TEST(GatewayArgv, PlainVolumeWithKeyring) {
   const std::vector<std::string> want = {
       "nbdkit", "--foreground", "--log=stderr", "--unix", "/run/rbdgw/v/nbd.sock", "--pidfile",
       "/run/rbdgw/v/nbdkit.pid", "/x/nbdkit-rbd-plugin.so", "image=rbd/ns/img",
-      "conf=/etc/ceph/ceph.conf", "id=csi", "keyring=/etc/ceph/keyring"};
+      "durable-writes=true", "conf=/etc/ceph/ceph.conf", "id=csi", "keyring=/etc/ceph/keyring"};
   EXPECT_EQ(v, want);
 }
 
