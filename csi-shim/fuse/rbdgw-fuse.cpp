@@ -215,7 +215,8 @@ int with_connection(Op op) {
       if (reported) say("reconnected to " + opts.socket);
       if (op(h) != -1) {
         pool->give_back(h);
-        if (gave_up.exchange(false)) say("requests to " + opts.socket + " succeed again");
+        if (gave_up.load(std::memory_order_relaxed) && gave_up.exchange(false))
+          say("requests to " + opts.socket + " succeed again");
         return 0;
       }
       int err = nbd_get_errno();

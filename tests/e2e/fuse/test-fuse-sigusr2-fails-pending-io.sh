@@ -96,3 +96,31 @@ kill -USR2 "$exporter"
 t=$(wait_eio w1 5)
 assert_torn_down
 pass "a request blocked on a hung gateway failed with EIO $t s after SIGUSR2; torn down"
+
+# 3. What a forced unmap meets: ext4 mounted on the loop device with
+# unflushed writes, the gateway killed. umount waits for the writeback
+# (which waits for a reconnect) until SIGUSR2, then completes.
+requires which mkfs.ext4
+rm -f "$TEST_TMP/umount.rc"
+start_nbdkit sock gw memory 64M
+start_exporter "$sock" --reconnect-timeout 300
+attach_loop
+mkfs.ext4 -q "$loop"
+mnt="$TEST_TMP/mnt"
+mkdir "$mnt"
+mount "$loop" "$mnt"
+cleanup_fn "umount -l '$mnt'"
+head -c $((8 * MiB)) /dev/urandom >"$mnt/unflushed"
+kill -9 "$gw"
+( rc=0; umount "$mnt" 2>"$TEST_TMP/umount.err" || rc=$?; echo "$rc" >"$TEST_TMP/umount.rc" ) &
+cleanup_fn "kill $!"
+sleep 3
+[ -e "$TEST_TMP/umount.rc" ] && fail "umount ended before SIGUSR2 (status $(cat "$TEST_TMP/umount.rc")): the writeback did not wait for the gateway"
+kill -USR2 "$exporter"
+t0=$(now)
+for ((i = 0; i < 100; i++)); do [ -e "$TEST_TMP/umount.rc" ] && break; sleep 0.1; done
+[ -e "$TEST_TMP/umount.rc" ] || fail "umount still blocked 10 s after SIGUSR2"
+t=$(secs "$(elapsed "$t0")")
+findmnt -n "$mnt" >/dev/null && fail "$mnt still mounted after umount returned $(cat "$TEST_TMP/umount.rc"): $(cat "$TEST_TMP/umount.err")"
+assert_torn_down
+pass "umount of ext4 with unflushed data on a dead gateway completed $t s after SIGUSR2 (status $(cat "$TEST_TMP/umount.rc")); torn down"
