@@ -18,6 +18,14 @@ expect_refusal "image 'rbd/nosuchimage' does not exist" rbd/nosuchimage
 expect_refusal "snapshot 'nosnap' of image 'rbd/$img' does not exist" "rbd/$img@nosnap"
 expect_refusal "read ceph config: /nonexistent.conf: No such file" "rbd/$img" conf=/nonexistent.conf
 expect_refusal "keyring: /nonexistent.keyring: No such file" "rbd/$img" keyring=/nonexistent.keyring
+expect_refusal "parameter 'durable-writes': 'maybe': expected true or false" "rbd/$img" durable-writes=maybe
+expect_refusal "parameters 'durable-writes' and 'ceph.rbd_cache_policy' exclude each other" \
+  "rbd/$img" durable-writes=true ceph.rbd_cache_policy=writeback
+# An image whose own configuration caches writes cannot give durable writes.
+rbd_cli config image set "rbd/$img" rbd_cache true
+expect_refusal "rbd/$img: its own configuration .* acknowledges writes before they are on the OSDs" \
+  "rbd/$img" durable-writes=true
+rbd_cli config image remove "rbd/$img" rbd_cache
 
 # A well-formed but wrong cephx key, from a file (the right one works).
 ceph-authtool --gen-print-key >"$TEST_TMP/wrong.key"
