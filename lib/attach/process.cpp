@@ -6,6 +6,7 @@
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/close_range.h>
 
@@ -115,11 +116,22 @@ ProcessRef spawn_detached(const std::vector<std::string>& argv, const std::strin
     // Only async-signal-safe calls from here on.
     ::setsid();
     ::signal(SIGHUP, SIG_IGN);
+    const pid_t middle = ::getpid();
     pid_t gc = ::fork();
     if (gc != 0) {
       int v = gc < 0 ? -errno : gc;
       write_full(wr.fd, &v, sizeof v);
       ::_exit(gc < 0 ? 1 : 0);
+    }
+    // Run argv only once this middle process is gone (we were reparented):
+    // a program that asks for a signal when its parent dies gets it from
+    // that exit otherwise. nbdkit does (PR_SET_PDEATHSIG, SIGTERM, at start,
+    // even without --exit-with-parent), and a gateway that got that far
+    // before the middle process had exited was killed before it wrote a
+    // word: the "gateway exits at once" of concurrent stages.
+    while (::getppid() == middle) {
+      const timespec pause{0, 100'000};
+      ::nanosleep(&pause, nullptr);
     }
     ::signal(SIGHUP, SIG_DFL);
     if (pidf.fd >= 0) write_own_pid(pidf.fd);
@@ -213,38 +225,61 @@ std::string run_checked(const std::vector<std::string>& argv) {
 }
 
 namespace {
-// State letter and start time from /proc/<pid>/stat; false if absent.
-bool proc_stat(pid_t pid, char& state, std::uint64_t& start) {
+// What /proc/<pid>/stat says of a process.
+struct ProcStat {
+  char state = 0;
+  std::uint64_t start = 0;  // field 22, clock ticks since boot
+  int exit_code = -1;       // field 52 (wait status of a zombie), -1 if absent
+};
+
+// /proc/<pid>/stat of pid; false if absent.
+bool proc_stat(pid_t pid, ProcStat& st) {
   std::ifstream f(cat("/proc/", pid, "/stat"));
   std::string line;
   if (pid <= 0 || !std::getline(f, line)) return false;
   auto close_paren = line.rfind(')');
-  if (close_paren == std::string::npos) return false;
+  if (close_paren == std::string::npos || close_paren + 2 > line.size()) return false;
   std::istringstream rest(line.substr(close_paren + 2));
   std::string field;
-  // Fields 3.. follow; starttime is field 22.
-  for (int i = 3; i <= 22 && rest >> field; ++i) {
-    if (i == 3) state = field[0];
+  // Fields 3.. follow the command name.
+  bool have_start = false;
+  for (int i = 3; i <= 52 && rest >> field; ++i) {
+    if (i == 3) st.state = field[0];
     if (i == 22) {
-      start = std::stoull(field);
-      return true;
+      st.start = std::stoull(field);
+      have_start = true;
     }
+    if (i == 52) st.exit_code = std::stoi(field);
   }
-  return false;
+  return have_start;
 }
 }  // namespace
 
 std::uint64_t process_start_time(pid_t pid) {
-  char state = 0;
-  std::uint64_t start = 0;
-  return proc_stat(pid, state, start) ? start : 0;
+  ProcStat st;
+  return proc_stat(pid, st) ? st.start : 0;
 }
 
 bool alive(const ProcessRef& p) {
-  char state = 0;
-  std::uint64_t start = 0;
-  if (p.pid <= 0 || !proc_stat(p.pid, state, start)) return false;
-  return start == p.start_time && state != 'Z' && state != 'X';
+  ProcStat st;
+  if (p.pid <= 0 || !proc_stat(p.pid, st)) return false;
+  return st.start == p.start_time && st.state != 'Z' && st.state != 'X';
+}
+
+std::string exit_reason(const ProcessRef& p) {
+  ProcStat st;
+  if (p.pid <= 0 || !proc_stat(p.pid, st) || st.start != p.start_time)
+    return "gone, its exit status unknown";
+  if (st.state != 'Z' && st.state != 'X') return "still running";
+  if (st.exit_code < 0) return "exit status unknown";
+  const int status = st.exit_code;
+  if (WIFSIGNALED(status)) {
+    const int sig = WTERMSIG(status);
+    const char* name = sigabbrev_np(sig);
+    return cat("killed by signal ", sig, name ? cat(" (SIG", name, ")") : std::string(),
+               WCOREDUMP(status) ? ", core dumped" : "");
+  }
+  return cat("exited with status ", WEXITSTATUS(status));
 }
 
 void stop_process(const ProcessRef& p, std::chrono::milliseconds grace) {

@@ -20,7 +20,10 @@ struct PassFd {
 
 // Starts argv[0] (searched in PATH) as a daemon that outlives the caller:
 // double fork, new session, stdin /dev/null, stdout+stderr appended to
-// log_path, only the `pass` descriptors inherited. Returns its identity.
+// log_path, only the `pass` descriptors inherited. argv runs only after the
+// middle process of the double fork is gone, so a program that asks for a
+// signal on its parent's death (nbdkit does) is not killed by that exit.
+// Returns its identity.
 // When pid_file is given, the daemon writes its pid there (0600) before it
 // executes argv, so it can be found (stray_process) even if the caller dies
 // before it learns the pid. Throws Error when the program cannot be started.
@@ -46,6 +49,11 @@ std::uint64_t process_start_time(pid_t pid);
 bool alive(const ProcessRef& p);
 // SIGTERM, wait up to grace, then SIGKILL and wait. No-op when not alive.
 void stop_process(const ProcessRef& p, std::chrono::milliseconds grace);
+// How a process that is no longer alive ended, from the exit status an
+// unreaped zombie keeps in /proc/<pid>/stat: "exited with status N" or
+// "killed by signal N (SIGNAME)"; says so when that cannot be known (the
+// process was reaped) or when it still runs.
+std::string exit_reason(const ProcessRef& p);
 
 // A pipe whose read end carries `secret` (written, write end closed). The read
 // end is close-on-exec; hand it over with PassFd. Throws Error.
