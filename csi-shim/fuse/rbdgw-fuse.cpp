@@ -18,13 +18,15 @@
 // before). Without this, the writeback of a filesystem on a dead gateway
 // took one full timeout per request.
 //
-// SIGUSR2 says "the gateway is gone for good" (sent by a forced unmap):
+// SIGUSR2 says "the gateway is gone for good" (for a forced unmap):
 // every request waiting to reconnect, every request in flight on a
 // connection (their sockets are shut down, also when the server hangs
 // rather than died) and every later one fails with EIO at once, without
 // another connect attempt, and fsync fails too; logged once. There is no
 // way back: the loop device and the FUSE mount can then be torn down
 // (`losetup -d`, `fusermount3 -u`), and the exporter exits on unmount.
+// Writes not yet flushed are lost. Not interrupted: a connect whose NBD
+// handshake hangs (a server that accepts and never answers).
 //
 // Hole punch (FALLOC_FL_PUNCH_HOLE) and FALLOC_FL_ZERO_RANGE both leave
 // zeros: they are sent as NBD WRITE_ZEROES (punch: trim allowed; zero
@@ -34,9 +36,10 @@
 // device and ext4's zeroout issue) to the file as the same hole punch, so
 // a discard can never be told from a zeroing: both zero, and a discard on
 // an encrypted volume writes encrypted zeros (the luks2 filter never trims
-// without allow-discards). An export that cannot zero gets EOPNOTSUPP: the
-// kernel then writes zeros itself where it may (BLKZEROOUT, ext4), and
-// `fallocate -p` on the device fails with EOPNOTSUPP.
+// without allow-discards). On an export that cannot zero both fail with
+// EOPNOTSUPP: the loop device then turns discard off, the kernel writes
+// zeros itself where it may (BLKZEROOUT, `fallocate -z`, ext4), and
+// `fallocate -p` on the device fails with EOPNOTSUPP (seen on Linux 6.18).
 //
 // SIGUSR1 re-reads the export size (after the image grew) on a new
 // connection, without a restart: pooled connections made before are
