@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
@@ -133,7 +134,22 @@ void write_file_atomically(int dir, const std::string& name, const void* data, s
 
 // Opens and checks the store directory. Returns an invalid Fd when it is
 // missing and create is false.
-Fd open_root(const std::string& root, bool create) {
+bool is_empty_dir(int dir) {
+  const int dup = ::fcntl(dir, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return false;
+  DIR* d = ::fdopendir(dup);
+  if (!d) {
+    ::close(dup);
+    return false;
+  }
+  bool empty = true;
+  while (const dirent* e = ::readdir(d))
+    if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) empty = false;
+  ::closedir(d);
+  return empty;
+}
+
+Fd open_root(const std::string& root, bool create, bool mounted = false) {
   const std::string object = store_name(root);
   if (root.empty() || root[0] != '/') throw Error(EINVAL, cat(object, ": not an absolute path"));
   if (create) {
@@ -167,11 +183,22 @@ Fd open_root(const std::string& root, bool create) {
   if (::fstatfs(fd.get(), &sf) < 0) throw_errno("statfs", object, errno);
   const auto type = static_cast<unsigned long>(sf.f_type);
   if (type != TMPFS_MAGIC && type != RAMFS_MAGIC) {
+    // Where /run itself is on disk (some minimal VMs), an empty store gets
+    // a small tmpfs of its own: it outlives the service like /run would,
+    // and is gone after a reboot. A store already holding files is never
+    // covered up.
+    if (create && !mounted && is_empty_dir(fd.get()) &&
+        ::mount("tmpfs", root.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                "mode=0700,size=1m") == 0) {
+      log::info(object, ": not on tmpfs; mounted a private tmpfs (1 MiB) on it");
+      return open_root(root, create, true);
+    }
     char hex[24];
     std::snprintf(hex, sizeof hex, "0x%lx", type);
     throw Error(ENOTSUP, cat(object, ": not on tmpfs or ramfs (filesystem type ", hex,
                              "); secrets must never reach a persistent disk: put the store on "
-                             "tmpfs (e.g. /run) or set RBDGW_SECRET_DIR to a directory on tmpfs"));
+                             "tmpfs (e.g. /run) or set RBDGW_SECRET_DIR to a directory on tmpfs; mounting a tmpfs on it "
+                             "failed or it is not empty"));
   }
   return fd;
 }

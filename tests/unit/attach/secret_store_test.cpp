@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
@@ -170,8 +171,9 @@ TEST_F(SecretStore, RefusesAStoreThatIsASymlink) {
   remove_secret(vol_, "passphrase", root_);  // left alone, no error
 }
 
-TEST_F(SecretStore, RefusesAStoreOnAPersistentFilesystem) {
-  // Next to the test binary: the build tree, on disk.
+TEST_F(SecretStore, NeverPutsASecretOnAPersistentFilesystem) {
+  // Next to the test binary: the build tree, on disk. An empty store there
+  // gets a private tmpfs mounted on it; one already holding a file is refused.
   const std::string dir = fs::absolute("secret-store-not-tmpfs-" + std::to_string(::getpid())).string();
   fs::remove_all(dir);
   ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
@@ -179,16 +181,29 @@ TEST_F(SecretStore, RefusesAStoreOnAPersistentFilesystem) {
     fs::remove_all(dir);
     GTEST_SKIP() << "the build tree is on tmpfs";
   }
+  store_secret(vol_, "passphrase", secret(kSecret), dir);
+  const bool covered = on_tmpfs(dir);
+  const auto got = load_secret(vol_, "passphrase", dir);
+  ::umount2(dir.c_str(), MNT_DETACH);
+  const std::vector<std::string> on_disk = entries(dir);
+  EXPECT_TRUE(covered) << "the store on disk got no tmpfs of its own";
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->view(), kSecret);
+  EXPECT_TRUE(on_disk.empty()) << "a secret reached the disk";
+
+  // A file already there (on disk): refused, nothing covered up or written.
+  ASSERT_TRUE(std::ofstream(dir + "/stray").good());
   std::string msg;
   const int e = error_code([&] { store_secret(vol_, "passphrase", secret(kSecret), dir); }, &msg);
+  const bool covered2 = on_tmpfs(dir);
+  if (covered2) ::umount2(dir.c_str(), MNT_DETACH);
   const std::vector<std::string> left = entries(dir);
-  const int e2 = error_code([&] { load_secret(vol_, "passphrase", dir); });
   fs::remove_all(dir);
   EXPECT_EQ(e, ENOTSUP);
+  EXPECT_FALSE(covered2);
   EXPECT_NE(msg.find(dir), std::string::npos) << msg;
   EXPECT_NE(msg.find("not on tmpfs or ramfs"), std::string::npos) << msg;
-  EXPECT_TRUE(left.empty()) << "a secret reached the disk";
-  EXPECT_EQ(e2, ENOTSUP);
+  EXPECT_EQ(left, (std::vector<std::string>{"stray"})) << "a secret reached the disk";
 }
 
 TEST_F(SecretStore, RefusesASecretFileOthersCouldRead) {
