@@ -119,9 +119,10 @@ void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
                    const SecretBuffer* passphrase, std::chrono::seconds timeout,
                    const std::function<void()>& save) {
   const std::string pidfile = s.run_dir + "/nbdkit.pid";
-  // A gateway that exits at once without a word has been seen, rarely, when
-  // two volumes were staged at the same moment (cause not found yet: see
-  // docs/attach-paths.md); it is started once more before the stage fails.
+  // A gateway that exits at once without a word was, until spawn_detached
+  // waited for its middle process to be gone, nbdkit killed by that exit
+  // (docs/attach-paths.md). Kept as a defence: such a gateway is started
+  // once more before the stage fails, with a warning naming how it ended.
   for (int attempt = 1;; ++attempt) {
     stop_process(stray(s, gateway_pid_file(s)), 10s);
     ::unlink(s.socket.c_str());
