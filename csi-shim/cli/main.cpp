@@ -41,7 +41,9 @@ const char* kUsage =
     "      Attaches (and mounts); prints the mount point, or the device without --mount.\n"
     "      Mapping an already mapped volume re-attaches it if its gateway died.\n"
     "      A blank encrypted volume is LUKS2-formatted first (--pbkdf: its key derivation).\n"
-    "  unmap VOLUME          VOLUME: volume id, image spec, mount point or device\n"
+    "  unmap [--force] VOLUME  VOLUME: volume id, image spec, mount point or device\n"
+    "      A dead gateway is restarted first; if that fails, --force tears the volume\n"
+    "      down anyway, failing the filesystem's unflushed writes (they are lost).\n"
     "  list [--json]\n"
     "  status VOLUME [--json]\n"
     "  reattach [VOLUME...]  restarts dead gateways (all volumes by default)\n"
@@ -238,11 +240,14 @@ int cmd_map(const std::string& run_root, const std::vector<std::string>& argv) {
 }
 
 int cmd_unmap(const std::string& run_root, const std::vector<std::string>& argv) {
-  Args a(argv, {}, {});
+  Args a(argv, {"force"}, {});
   if (a.pos.size() != 1) throw Usage("expected one VOLUME");
   const attach::Stash s = find_volume(run_root, a.pos[0]);
-  Progress{}(cat("unmapping ", s.volume_id, " (", s.image, ")"));
-  attach::detach(options_for(run_root, s.volume_id).stash_path);
+  Progress{}(cat("unmapping ", s.volume_id, " (", s.image, ")", a.has("force") ? ", by force if need be" : ""));
+  const attach::AttachOptions o = options_for(run_root, s.volume_id);
+  // A dead gateway is restarted first, so that the filesystem can flush.
+  const attach::DetachResult r = attach::detach(o.stash_path, {.force = a.has("force"), .restart = &o});
+  if (r.forced) std::cerr << "rbdgw: warning: unmapped " << s.volume_id << " by force: " << r.loss << "\n";
   return 0;
 }
 

@@ -16,6 +16,8 @@
 
 namespace fs = std::filesystem;
 
+using namespace std::chrono_literals;
+
 namespace rbdgw::csi {
 
 namespace {
@@ -51,6 +53,10 @@ std::optional<std::string> Node::indexed_stash(const VolumeId& id) const {
   if (ec) return std::nullopt;
   return target.string();
 }
+
+// How long NodeUnstageVolume lets the filesystem flush through a live
+// gateway before it tears the volume down by force.
+constexpr std::chrono::seconds kUnstageFlushTimeout{120};
 
 attach::AttachOptions Node::attach_options(const std::string& stash) const {
   attach::AttachOptions o;
@@ -137,7 +143,23 @@ void Node::unstage(const VolumeId& id, const std::string& staging) {
     if (s.volume_id != id.str())
       throw Error(EINVAL, cat("staging_target_path '", staging, "' holds volume '", s.volume_id,
                               "', not '", id.str(), "'"));
-    attach::detach(stash);
+    // A dead gateway is restarted so that the filesystem can flush; when
+    // that fails, or the flush outlasts kUnstageFlushTimeout, the volume is
+    // torn down by force (its outstanding writes fail) and the call fails
+    // with DATA_LOSS naming what was lost; the kubelet's retry then finds
+    // nothing left to unstage. A target still in use (EBUSY) is not forced.
+    const attach::AttachOptions o = attach_options(stash);
+    try {
+      attach::detach(stash, {.flush_timeout = kUnstageFlushTimeout, .restart = &o});
+    } catch (const Error& e) {
+      if (e.code() != EIO && e.code() != ETIMEDOUT) throw;
+      log::warn("NodeUnstageVolume: ", id.str(), ": ", e.what(), "; unstaging by force");
+      const attach::DetachResult r = attach::detach(stash, {.force = true, .flush_timeout = 1s});
+      if (indexed_stash(id) == stash) fs::remove(index_link(id), ec);
+      if (r.forced)
+        throw Error(ENOTRECOVERABLE, cat("volume ", id.str(), " unstaged from ", staging,
+                                         " by force: ", r.loss));
+    }
     log::info("NodeUnstageVolume: ", id.str(), " unstaged from ", staging);
   }
   if (indexed_stash(id) == stash) fs::remove(index_link(id), ec);

@@ -23,6 +23,7 @@ grpc::StatusCode status_code(int err) noexcept {
     case EHOSTUNREACH:
     case ENETUNREACH:
     case ESHUTDOWN: return C::UNAVAILABLE;
+    case ENOTRECOVERABLE: return C::DATA_LOSS;  // e.g. a volume unstaged by force
     case ENOSPC:
     case EDQUOT: return C::RESOURCE_EXHAUSTED;
     default: return C::INTERNAL;

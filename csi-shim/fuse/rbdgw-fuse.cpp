@@ -1,7 +1,7 @@
 // rbdgw-fuse: exposes one NBD export (on a unix socket) as a single regular
 // file through FUSE, for a loop device to sit on.
 //
-//   rbdgw-fuse [--name NAME] [--readonly] [--connections N]
+//   rbdgw-fuse [--name NAME] [--readonly] [--no-punch-hole] [--connections N]
 //              [--reconnect-timeout SECONDS] [--size-file PATH] SOCKET FILE
 //
 // FILE (an existing regular file) is covered by a FUSE mount whose root is
@@ -82,6 +82,11 @@ using Clock = std::chrono::steady_clock;
 struct Options {
   std::string socket, file, name = "rbdgw", size_file;
   bool read_only = false;
+  // A hole punch (what the loop driver makes of a discard as well as of a
+  // write-zeroes with unmap) is refused, so the loop device stops taking
+  // discards and the kernel writes zeros itself: for an encrypted export,
+  // where zeroing a discarded range would write encrypted zeros over it.
+  bool no_punch_hole = false;
   int connections = 4;
   int reconnect_timeout = 300;
 };
@@ -369,7 +374,7 @@ int fs_fallocate(const char*, int mode, off_t off, off_t len, fuse_file_info*) {
   if (opts.read_only) return -EROFS;
   const bool punch = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
   const bool zero_range = (mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
-  if ((!punch && !zero_range) || !can_zero) return -EOPNOTSUPP;
+  if ((!punch && !zero_range) || !can_zero || (punch && opts.no_punch_hole)) return -EOPNOTSUPP;
   const std::uint32_t flags = punch ? 0 : LIBNBD_CMD_FLAG_NO_HOLE;
   std::uint64_t pos = static_cast<std::uint64_t>(off);
   std::uint64_t left = clamp(static_cast<std::size_t>(len), off);
@@ -389,7 +394,7 @@ int fs_truncate(const char*, off_t size, fuse_file_info*) {
 
 [[noreturn]] void usage(const std::string& msg) {
   std::fprintf(stderr,
-               "rbdgw-fuse: %s\nusage: rbdgw-fuse [--name NAME] [--readonly] [--connections N] "
+               "rbdgw-fuse: %s\nusage: rbdgw-fuse [--name NAME] [--readonly] [--no-punch-hole] [--connections N] "
                "[--reconnect-timeout SECONDS] [--size-file PATH] SOCKET FILE\n",
                msg.c_str());
   std::exit(2);
@@ -414,6 +419,7 @@ void parse_args(int argc, char** argv) {
     };
     if (a == "--name") opts.name = value();
     else if (a == "--readonly") opts.read_only = true;
+    else if (a == "--no-punch-hole") opts.no_punch_hole = true;
     else if (a == "--size-file") opts.size_file = value();
     else if (a == "--connections") opts.connections = parse_int(value(), "--connections", 1, 64);
     else if (a == "--reconnect-timeout")

@@ -197,21 +197,47 @@ struct GatewayArgs {
   bool read_only = false;
 };
 std::vector<std::string> gateway_argv(const Tools& t, const GatewayArgs& a);
-// rbdgw-fuse [--name NAME] [--readonly] --size-file SIZE_FILE SOCKET FILE
+// rbdgw-fuse [--name NAME] [--readonly] [--no-punch-hole] --size-file SIZE_FILE SOCKET FILE
 std::vector<std::string> fuse_argv(const Tools& t, const std::string& socket,
                                    const std::string& fuse_file, const std::string& name,
-                                   bool read_only, const std::string& size_file);
+                                   bool read_only, const std::string& size_file,
+                                   bool no_punch_hole = false);
 // Throws Error(EINVAL) for an fstype other than ext4 or xfs.
 std::vector<std::string> mkfs_argv(const std::string& fstype, const std::string& device);
 
 // Attaches (see the API note). Returns the complete stash.
 Stash attach(const Volume& v, const AttachOptions& o);
 
+struct DetachOptions {
+  // Tear the volume down even when its I/O cannot complete (its gateway is
+  // dead and could not be restarted, or the filesystem's flush did not end
+  // within flush_timeout): outstanding I/O and the filesystem's unflushed
+  // writes fail with EIO (they are lost), the filesystem is unmounted
+  // lazily, the loop/NBD device detached, exporter and gateway stopped.
+  bool force = false;
+  // How long the filesystem's flush before the unmount may take; 0: no
+  // limit. Past it: Error(ETIMEDOUT), or with force the teardown above.
+  std::chrono::seconds flush_timeout{0};
+  // Restart a dead gateway first (readopt with these options) so that the
+  // flush can complete; null: do not.
+  const AttachOptions* restart = nullptr;
+};
+
+struct DetachResult {
+  bool forced = false;  // I/O was failed to tear the volume down
+  std::string loss;     // forced: what may have been lost and why, for the user
+};
+
 // Undoes every step the stash at stash_path records, in reverse: unmount,
-// detach loop/nbd/dm, stop exporter and gateway, forget keyring secrets,
+// detach loop/nbd/dm, stop exporter and gateway, forget the stored secrets,
 // remove the run dir and the stash. A missing stash is success. Throws
-// Error(EBUSY) (and stops, keeping the stash) when the target is in use.
-void detach(const std::string& stash_path);
+// Error(EBUSY) (and stops, keeping the stash) when the target is in use;
+// without force, Error(EIO) naming the cause when the volume's gateway is
+// dead (and could not be restarted) while a filesystem or device is still
+// up, and Error(ETIMEDOUT) when the flush outlasts flush_timeout: in both
+// cases nothing is torn down and the message says that --force would lose
+// the unflushed writes.
+DetachResult detach(const std::string& stash_path, const DetachOptions& d = {});
 
 // Makes an attached volume show its image's current size (after the image
 // was grown): the FUSE exporter re-reads the export size (SIGUSR1, the

@@ -140,9 +140,11 @@ std::vector<std::string> gateway_argv(const Tools& t, const GatewayArgs& a) {
 
 std::vector<std::string> fuse_argv(const Tools& t, const std::string& socket,
                                    const std::string& fuse_file, const std::string& name,
-                                   bool read_only, const std::string& size_file) {
+                                   bool read_only, const std::string& size_file,
+                                   bool no_punch_hole) {
   std::vector<std::string> v = {t.fuse_exporter, "--name", name};
   if (read_only) v.push_back("--readonly");
+  if (no_punch_hole) v.push_back("--no-punch-hole");
   v.push_back("--size-file");
   v.push_back(size_file);
   v.push_back(socket);

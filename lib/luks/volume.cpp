@@ -70,14 +70,15 @@ std::string LuksOpen(const std::string& device, const std::string& name,
   return mapped;
 }
 
-bool LuksClose(const std::string& name) {
+bool LuksClose(const std::string& name, bool deferred) {
   require_device_mapper("LuksClose", name);
   const crypt_status_info info = crypt_status(nullptr, name.c_str());
   if (info != CRYPT_ACTIVE && info != CRYPT_BUSY) return false;
   auto cd = detail::init_by_name(name);
   if (!cd) return false;  // went away meanwhile
-  check(crypt_deactivate(cd.get(), name.c_str()), "crypt_deactivate", name);
-  log::info("LuksClose: ", name, ": removed");
+  check(crypt_deactivate_by_name(cd.get(), name.c_str(), deferred ? CRYPT_DEACTIVATE_DEFERRED : 0),
+        "crypt_deactivate", name);
+  log::info("LuksClose: ", name, deferred ? ": removed (deferred while in use)" : ": removed");
   return true;
 }
 

@@ -41,7 +41,9 @@ std::string LuksOpen(const std::string& device, const std::string& name,
                      const SecretBuffer& passphrase, const OpenOptions& opts = {});
 
 // Removes the mapping <name>; returns false if it was not active.
-bool LuksClose(const std::string& name);
+// deferred: if it is still in use (a lazily unmounted filesystem that has
+// not let go yet), the kernel removes it when the last user closes it.
+bool LuksClose(const std::string& name, bool deferred = false);
 
 struct MappingStatus {
   std::string name;

@@ -197,6 +197,8 @@ TEST(OtherArgv, FuseAndMkfs) {
             (std::vector<std::string>{"/bin/rbdgw-fuse", "--name", "rbdgw:v", "--size-file",
                                       "/r/size", "/r/s.sock", "/r/disk"}));
   EXPECT_TRUE(contains(fuse_argv(t, "s", "f", "n", true, "z"), "--readonly"));
+  EXPECT_TRUE(contains(fuse_argv(t, "s", "f", "n", false, "z", true), "--no-punch-hole"));
+  EXPECT_FALSE(contains(fuse_argv(t, "s", "f", "n", false, "z"), "--no-punch-hole"));
   EXPECT_EQ(mkfs_argv("ext4", "/dev/loop1").front(), "mkfs.ext4");
   EXPECT_EQ(mkfs_argv("xfs", "/dev/loop1").front(), "mkfs.xfs");
   EXPECT_EQ(mkfs_argv("xfs", "/dev/loop1").back(), "/dev/loop1");

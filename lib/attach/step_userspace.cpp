@@ -1,0 +1,78 @@
+// Steps of the userspace path: fuse_exporter (rbdgw-fuse shows the
+// gateway's export as one file) and loop_device (a loop device on it).
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "attach/steps.hpp"
+
+namespace fs = std::filesystem;
+
+namespace rbdgw::attach::detail {
+
+void fuse_exporter_run(Context& c) {
+  Stash& s = c.s;
+  s.fuse_file = s.run_dir + "/disk";
+  std::ofstream(s.fuse_file).close();
+  ::chmod(s.fuse_file.c_str(), 0600);
+  c.save();
+  // Encrypted: no hole punches. The loop driver turns a discard into the
+  // same hole punch as a write-zeroes, which must leave zeros, so each
+  // discard (mkfs's of the whole device, every fstrim) would write
+  // encrypted zeros over its range for nothing; refused, the loop device
+  // stops taking discards and the kernel writes zeros where it must.
+  s.fuse = spawn_detached(fuse_argv(c.o.tools, s.socket, s.fuse_file, "rbdgw:" + s.volume_id,
+                                    s.read_only, size_file(s), s.encrypted),
+                          s.run_dir + "/fuse.log", {}, fuse_pid_file(s));
+  c.save();
+  wait_ready(s.fuse, "FUSE exporter", s.run_dir + "/fuse.log", c.o.timeout,
+             [&] { return is_mountpoint(s.fuse_file); });
+}
+
+// Unmounts the FUSE file (the loop device may let go of it a moment after
+// losetup -d; forced: lazily, once that moment has passed) and stops the
+// exporter.
+void fuse_exporter_undo(Context& c) {
+  Stash& s = c.s;
+  if (!s.fuse_file.empty()) {
+    for (int i = 0; is_mountpoint(s.fuse_file); ++i) {
+      const bool lazy = c.forced && i >= 20;
+      const CommandResult r = run_command(lazy ? std::vector<std::string>{"fusermount3", "-u", "-z", s.fuse_file}
+                                               : std::vector<std::string>{"fusermount3", "-u", s.fuse_file});
+      if (r.status == 0) break;
+      if (i == 100) throw Error(EBUSY, cat("fusermount3 -u ", s.fuse_file, ": ", r.err));
+      std::this_thread::sleep_for(50ms);
+    }
+    stop_process(s.fuse, 5s);
+  }
+  if (!s.run_dir.empty()) stop_process(stray(s, fuse_pid_file(s)), 5s);
+}
+
+// Direct I/O off (the FUSE file is direct_io already).
+void loop_device_run(Context& c) {
+  Stash& s = c.s;
+  std::vector<std::string> losetup = {"losetup", "--find", "--show", "--direct-io=off"};
+  if (s.read_only) losetup.push_back("--read-only");
+  losetup.push_back(s.fuse_file);
+  // A loop device made just before a crash is found by its backing file.
+  const std::string dev = run_checked(losetup);
+  s.loop_device = dev.substr(0, dev.find('\n'));
+  s.device = s.loop_device;
+  c.save();
+}
+
+// A loop device still held (by a lazily unmounted filesystem) is only
+// marked to go when let go: forced, that moment is waited for (bounded),
+// since the filesystem's I/O is failing fast by then.
+void loop_device_undo(Context& c) {
+  if (c.s.fuse_file.empty()) return;
+  for (const auto& loop : loops_on(c.s.fuse_file)) run_checked({"losetup", "--detach", loop});
+  for (int i = 0; c.forced && i < 400 && !loops_on(c.s.fuse_file).empty(); ++i)
+    std::this_thread::sleep_for(50ms);
+  if (const auto left = loops_on(c.s.fuse_file); !left.empty())
+    log::warn(left.front(), " on ", c.s.fuse_file, " is still in use; it goes when let go (autoclear)");
+}
+
+}  // namespace rbdgw::attach::detail
