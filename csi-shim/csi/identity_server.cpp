@@ -9,7 +9,7 @@
 #include "csi/status.hpp"
 
 #ifndef RBDGW_VERSION
-#define RBDGW_VERSION "0.1.0"
+#define RBDGW_VERSION "0.2.0"
 #endif
 
 namespace rbdgw::csi {

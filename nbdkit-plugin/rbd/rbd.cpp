@@ -237,7 +237,7 @@ nbdkit_plugin make_plugin() {
   nbdkit_plugin p{};
   p.name = "rbd";
   p.longname = "rbdgw Ceph RBD plugin";
-  p.version = "0.1.0";
+  p.version = "0.2.0";
   p.description = "Serves a Ceph RBD image (or snapshot) through librbd";
   p.load = rbd_load;
   p.config = rbd_config;
