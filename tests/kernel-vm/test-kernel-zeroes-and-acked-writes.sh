@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# Two data-safety promises on the kernel attach path (`rbdgw map
+# --attach=kernel`: gateway -> kernel NBD over netlink -> dm-crypt for an
+# encrypted volume), in a real kernel, one VM boot with its own cluster:
+#
+# 1. A zeroed range reads back as zeros. On a raw-block map (no --mount) of
+#    (a) an unencrypted volume (/dev/nbdN) and (b) an encrypted one
+#    (/dev/mapper/luks-ID), filled with random data: `fallocate -p`,
+#    `fallocate -z` and `blkdiscard -z` of ranges not aligned to the RBD
+#    object size (4 MiB), inside an object, straddling a boundary and
+#    covering a whole object, each followed by a read of the whole device
+#    with O_DIRECT: the range is zeros and every other byte is unchanged.
+#    `fallocate -p` may instead be refused with EOPNOTSUPP (the kernel then
+#    leaves the bytes as they were, and ext4 falls back to writing zeros);
+#    it must never succeed and leave the old bytes. Plain `blkdiscard`
+#    promises no content, but must change nothing around the range; on
+#    dm-crypt it reaches RADOS only because the mapping has allow_discards,
+#    so the table must have it and the discarded whole object must be gone
+#    from the image (rbd diff), on both volumes. After an unmap and a new
+#    map (as RADOS holds it) each device reads back the expected bytes.
+# 2. A write the gateway acknowledged is in RADOS: the guest's OSD is
+#    stopped (SIGSTOP), a writer issues O_DIRECT writes on /dev/nbdN, the
+#    gateway is killed (-9), the OSD resumed, and RADOS is read with librbd
+#    (python3-rbd, no gateway): every acknowledged write is there. Then
+#    `rbdgw reattach` (nbd_reconnect): the writes the kernel held during
+#    its dead-connection timeout complete, and all of them are in RADOS.
+#
+# The userspace half of both is tests/e2e/cli/test-cli-zeroed-range-reads-zeros.sh
+# and test-cli-acked-write-survives-gateway-kill.sh. If NBDKIT is set on the
+# host (the gateway binary rbdgw starts), the guest uses it too.
+source "${RBDGW_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}/tests/lib/functions.sh"
+
+for f in "$RBDGW_PLUGIN" "$RBDGW_BUILD_DIR/csi-shim/cli/rbdgw" "$RBDGW_BUILD_DIR/csi-shim/fuse/rbdgw-fuse"; do
+  [ -e "$f" ] || fail "$f not built (build nbdkit-rbd-plugin, rbdgw-cli and rbdgw-fuse)"
+done
+
+if [ "${RBDGW_IN_VM:-}" != 1 ]; then
+  rc=0
+  "$RBDGW_SOURCE_DIR/tests/kernel-vm/run-in-vm.sh" --mem 2048 --timeout 900 \
+    ${NBDKIT:+--env "NBDKIT=$NBDKIT"} "$0" || rc=$?
+  exit "$rc"
+fi
+
+# --- in the guest ----------------------------------------------------------------
+requires which fallocate blkdiscard blockdev dmsetup jq /usr/bin/python3
+/usr/bin/python3 -c 'import rados, rbd' 2>/dev/null || { echo "python3-rbd missing" >&2; exit 77; }
+modprobe nbd
+modprobe dm-crypt
+modprobe fuse  # /dev/fuse, which cli-functions.sh requires (unused on the kernel path)
+cluster=$TEST_TMP/cluster
+start=$(date +%s)
+eval "$(CEPH_CLUSTER_TIMEOUT=600 CEPH_CLUSTER_CLI_TIMEOUT=300 "$RBDGW_SOURCE_DIR/tests/cluster/ceph-cluster.sh" start "$cluster")"
+cleanup_fn "'$RBDGW_SOURCE_DIR/tests/cluster/ceph-cluster.sh' stop '$cluster'"
+echo "cluster up in the guest in $(( $(date +%s) - start )) s"
+source "$RBDGW_SOURCE_DIR/tests/e2e/cli/cli-functions.sh"
+
+MiB=$((1 << 20))
+obj=$((4 * MiB))     # RBD object size (rbd create's default)
+span=$((40 * MiB))   # the part of each device the test writes and checks
+printf 'kernel-zeroes-%s' "$RANDOM$RANDOM" >"$TEST_TMP/pass"  # no newline: the same bytes on every reading
+chmod 600 "$TEST_TMP/pass"
+errors=0
+bad() { echo "$TEST_NAME: FAIL: $*" >&2; errors=$((errors + 1)); }
+
+# Kernel-path leftovers (assert_clean covers mounts, processes, the run root).
+assert_kernel_clean() {
+  assert_clean
+  if ls /dev/mapper/luks-* >/dev/null 2>&1; then fail "dm-crypt mapping left behind: $(ls /dev/mapper/luks-*)"; fi
+  if ls /sys/block/nbd*/pid >/dev/null 2>&1; then fail "nbd device left connected: $(ls /sys/block/nbd*/pid)"; fi
+}
+
+# device_matches DEV WHAT: the first $span bytes of DEV (read with O_DIRECT,
+# past any page cache) equal $TEST_TMP/expect; on a mismatch, names the
+# first differing byte and takes the device's bytes as the new expectation,
+# so that each later operation is judged on its own.
+device_matches() {
+  dd if="$1" bs=1M count=$((span / MiB)) iflag=direct status=none >"$TEST_TMP/got"
+  local diff
+  if diff=$(cmp "$TEST_TMP/expect" "$TEST_TMP/got" 2>&1); then return 0; fi
+  bad "$2: the device differs from the expected bytes: ${diff##* differ: } (md5 expected $(md5sum <"$TEST_TMP/expect" | cut -c1-12), got $(md5sum <"$TEST_TMP/got" | cut -c1-12))"
+  cp "$TEST_TMP/got" "$TEST_TMP/expect"
+  return 1
+}
+
+# expect_from SRC OFF LEN: the range OFF/LEN of the local copy set to SRC's.
+expect_from() {
+  dd if="$1" of="$TEST_TMP/expect" bs=512 skip=$(($2 / 512)) seek=$(($2 / 512)) count=$(($3 / 512)) \
+    conv=notrunc status=none
+}
+
+# zero_op DEV WHAT OFF LEN CMD...: runs CMD (with -o OFF -l LEN DEV
+# appended); the range must read zeros and nothing else may change. Only
+# `fallocate -p` may be refused (EOPNOTSUPP), and then nothing may change.
+zero_op() {
+  local dev=$1 what=$2 off=$3 len=$4
+  shift 4
+  local label="$what: $* -o $off -l $len"
+  if ! "$@" -o "$off" -l "$len" "$dev" 2>"$TEST_TMP/op.err"; then
+    # util-linux says "keep size mode is unsupported" for EOPNOTSUPP with -p.
+    if [ "$*" = "fallocate -p" ] && grep -qE "unsupported|Operation not supported" "$TEST_TMP/op.err"; then
+      device_matches "$dev" "$label (refused)" || return 0
+      pass "$label: refused (EOPNOTSUPP), nothing changed"
+      return 0
+    fi
+    bad "$label failed: $(cat "$TEST_TMP/op.err")"
+    return 0
+  fi
+  expect_from /dev/zero "$off" "$len"
+  device_matches "$dev" "$label" || return 0
+  pass "$label: the range reads zeros, the bytes around it are unchanged"
+}
+
+# discard_op DEV WHAT OFF LEN: plain blkdiscard; the range may read anything,
+# every byte around it must be unchanged.
+discard_op() {
+  local dev=$1 what=$2 off=$3 len=$4
+  local label="$what: blkdiscard -o $off -l $len"
+  if ! blkdiscard -o "$off" -l "$len" "$dev" 2>"$TEST_TMP/op.err"; then
+    bad "$label failed: $(cat "$TEST_TMP/op.err")"
+    return 0
+  fi
+  dd if="$dev" bs=1M count=$((span / MiB)) iflag=direct status=none >"$TEST_TMP/got"
+  expect_from "$TEST_TMP/got" "$off" "$len"
+  device_matches "$dev" "$label" || return 0
+  pass "$label: the bytes around the range are unchanged"
+}
+
+# run_ops DEV WHAT: the operations, on a device filled with random data.
+# Offsets are multiples of the device's logical block size L (512 on nbd,
+# the LUKS2 sector, 4096, on dm-crypt: the kernel refuses anything finer).
+run_ops() {
+  local dev=$1 what=$2 L q t0=$SECONDS
+  L=$(blockdev --getss "$dev")
+  q=/sys/dev/block/$((0x$(stat -L -c %t "$dev"))):$((0x$(stat -L -c %T "$dev")))/queue
+  echo "$what: $dev, logical block size $L, write_zeroes_max_bytes $(cat "$q/write_zeroes_max_bytes"), discard_max_bytes $(cat "$q/discard_max_bytes")"
+  head -c "$span" /dev/urandom >"$TEST_TMP/expect"
+  dd if="$TEST_TMP/expect" of="$dev" bs=1M oflag=direct conv=fsync status=none
+  device_matches "$dev" "$what: after the fill" || return 0
+  # Inside the first object (the issue's reproducer: 8 KiB at 1 MiB + 4 KiB).
+  zero_op "$dev" "$what" $((MiB + 4096)) 8192 fallocate -p
+  zero_op "$dev" "$what" $((2 * MiB + L)) $((3 * L)) fallocate -z
+  zero_op "$dev" "$what" $((3 * MiB + L)) $((2 * L)) blkdiscard -z
+  # Straddling an object boundary.
+  zero_op "$dev" "$what" $((obj - 3 * L)) $((5 * L)) fallocate -p
+  zero_op "$dev" "$what" $((2 * obj - 3 * L)) $((5 * L)) fallocate -z
+  zero_op "$dev" "$what" $((3 * obj - 3 * L)) $((5 * L)) blkdiscard -z
+  # A whole object (16, 24, 32 MiB) and parts of its neighbours.
+  zero_op "$dev" "$what" $((13 * MiB + L)) $((6 * MiB)) fallocate -p
+  zero_op "$dev" "$what" $((21 * MiB + L)) $((7 * MiB)) fallocate -z
+  zero_op "$dev" "$what" $((29 * MiB + L)) $((7 * MiB)) blkdiscard -z
+  # Plain discard of a whole object (36-40 MiB) and of a partial range.
+  discard_op "$dev" "$what" $((9 * obj)) "$obj"
+  discard_op "$dev" "$what" $((5 * MiB + 3 * L)) $((5 * L))
+  echo "$what: fill and operations took $((SECONDS - t0)) s"
+}
+
+# object_gone IMAGE OFF WHAT: rbd diff lists no extent of IMAGE at raw
+# offset OFF (the discarded object was removed on the OSDs).
+object_gone() {
+  local extents
+  extents=$(rbd_cli diff --format json "rbd/$1" |
+    jq -c --argjson o "$2" '[.[] | select(.offset < $o + 4194304 and .offset + .length > $o)]')
+  [ "$extents" = "[]" ] || { bad "$3: the discarded object at $2 is still in the image: $extents"; return 0; }
+  pass "$3: the discarded object at raw offset $2 is gone from the image"
+}
+
+map_raw() { cli map "rbd/$1" --conf "$CEPH_CONF" --attach kernel "${@:2}"; }
+
+# --- 1a. unencrypted: /dev/nbdN -----------------------------------------------------
+new_image plain 64M
+dev=$(map_raw "$plain")
+[[ $dev == /dev/nbd[0-9]* ]] && [ -b "$dev" ] || fail "map --attach=kernel printed '$dev', not /dev/nbdN"
+[ "$(cat "/sys/block/${dev#/dev/}/queue/discard_max_bytes")" -gt 0 ] || bad "$dev does not accept discards"
+run_ops "$dev" plain
+cli unmap "$dev"
+assert_kernel_clean
+object_gone "$plain" $((9 * obj)) plain
+rbd_cli export --no-progress "rbd/$plain" "$TEST_TMP/raw"
+head -c "$span" "$TEST_TMP/raw" | cmp - "$TEST_TMP/expect" >/dev/null ||
+  bad "plain: rbd export differs from the expected bytes"
+rm -f "$TEST_TMP/raw"
+dev=$(map_raw "$plain")
+device_matches "$dev" "plain, mapped again" && pass "plain: after unmap and map the device holds the same bytes"
+cli unmap "$dev"
+assert_kernel_clean
+
+# --- 1b. encrypted: dm-crypt on /dev/nbdN (LUKS2-formatted on this first map) -------
+new_image enc 64M
+dev=$(map_raw "$enc" --encrypted --passphrase-file "$TEST_TMP/pass" --pbkdf pbkdf2:1000)
+[ "$dev" = "/dev/mapper/luks-rbd.$enc" ] && [ -b "$dev" ] || fail "encrypted map printed '$dev'"
+table=$(dmsetup table "luks-rbd.$enc")
+echo "dm table (key left out): $(awk '{ $5 = "<key>"; print }' <<<"$table")"
+[[ $table == *allow_discards* ]] || bad "encrypted: the dm-crypt table has no allow_discards, so a discard does not pass down"
+run_ops "$dev" encrypted
+cli unmap "$dev"
+assert_kernel_clean
+rbd_cli export --no-progress "rbd/$enc" "$TEST_TMP/raw"
+data_off=$(/usr/bin/python3 -c 'import sys, json; h = open(sys.argv[1], "rb").read(16384); print(json.loads(h[4096:].split(b"\0")[0])["segments"]["0"]["offset"])' "$TEST_TMP/raw")
+rm -f "$TEST_TMP/raw"
+object_gone "$enc" $((data_off + 9 * obj)) encrypted
+dev=$(map_raw "$enc" --encrypted --passphrase-file "$TEST_TMP/pass")
+device_matches "$dev" "encrypted, mapped again" && pass "encrypted: after unmap and map the device holds the same bytes"
+cli unmap "$dev"
+assert_kernel_clean
+
+# --- 2. acknowledged writes survive a kill -9 of the gateway ------------------------
+osd=$(cat "$(dirname "$CEPH_CONF")/run/osd.0.pid") || fail "no OSD pid file"
+cleanup_fn "kill -CONT $osd"
+new_image acked 64M
+stash="$RUN_ROOT/rbd.$acked/stash.json"
+dev=$(map_raw "$acked")
+[[ $dev == /dev/nbd[0-9]* ]] || fail "map printed '$dev'"
+# A first write and flush: librbd's cache (if any) leaves its
+# writethrough-until-flush mode.
+head -c 1M /dev/urandom | dd of="$dev" oflag=direct conv=fsync bs=1M status=none
+
+cat >"$TEST_TMP/writer.py" <<'EOF'
+import mmap, os, sys
+dev, base, count, log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+fd = os.open(dev, os.O_WRONLY | os.O_DIRECT)
+buf = mmap.mmap(-1, 65536)
+with open(log, 'w', buffering=1) as acked:
+    for i in range(count):
+        buf.seek(0)
+        buf.write((b'block-%06d-' % i) * (65536 // 13) + b'\0' * (65536 % 13))
+        os.pwrite(fd, buf, base + i * 65536)
+        print(i, file=acked)
+os.close(fd)
+EOF
+cat >"$TEST_TMP/check.py" <<'EOF'
+import sys, rados, rbd
+conf, name, base, acked = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+blocks = [int(l) for l in open(acked) if l.strip()]
+with rados.Rados(conffile=conf) as c, c.open_ioctx('rbd') as io, \
+        rbd.Image(io, name, read_only=True) as img:
+    lost = [i for i in blocks
+            if img.read(base + i * 65536, 64) != ((b'block-%06d-' % i) * 5)[:64]]
+print('%d acknowledged, %d not in RADOS%s' % (len(blocks), len(lost),
+      (': blocks ' + ' '.join(map(str, lost[:10]))) if lost else ''))
+sys.exit(1 if lost else 0)
+EOF
+
+kill -STOP "$osd"
+/usr/bin/python3 "$TEST_TMP/writer.py" "$dev" $((4 << 20)) 32 "$TEST_TMP/acked" &
+writer=$!
+cleanup_fn "kill -9 $writer"
+sleep 3
+gw=$(jq -r .gateway.pid "$stash")
+kill -9 "$gw"
+for _ in $(seq 100); do kill -0 "$gw" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$gw" 2>/dev/null && fail "gateway $gw did not die"
+kill -CONT "$osd"
+echo "gateway killed after $(wc -l <"$TEST_TMP/acked") acknowledged writes"
+/usr/bin/python3 "$TEST_TMP/check.py" "$CEPH_CONF" "$acked" $((4 << 20)) "$TEST_TMP/acked" \
+  >"$TEST_TMP/check" 2>&1 || fail "acknowledged writes lost with the gateway: $(cat "$TEST_TMP/check")"
+pass "acknowledged writes are in RADOS after a kill -9 of the gateway: $(cat "$TEST_TMP/check")"
+
+kill -0 "$writer" 2>/dev/null || { wait "$writer"; fail "the writer ended while the gateway was dead (rc $?)"; }
+t0=$(date +%s)
+cli reattach >/dev/null || fail "reattach failed"
+wait "$writer" || fail "the writer failed after the reattach"
+echo "writer done $(( $(date +%s) - t0 )) s after the reattach started"
+[ "$(wc -l <"$TEST_TMP/acked")" = 32 ] || fail "not every write completed after the reattach"
+/usr/bin/python3 "$TEST_TMP/check.py" "$CEPH_CONF" "$acked" $((4 << 20)) "$TEST_TMP/acked" \
+  >"$TEST_TMP/check" 2>&1 || fail "writes lost across the reattach: $(cat "$TEST_TMP/check")"
+pass "writes in flight complete after the reattach: $(cat "$TEST_TMP/check")"
+if dmesg | grep -E "I/O error|blk_update_request" | grep -q nbd; then
+  dmesg | grep nbd >&2
+  bad "the kernel logged an I/O error on an nbd device"
+fi
+cli unmap "$dev"
+assert_kernel_clean
+
+[ "$errors" = 0 ] || fail "$errors check(s) failed"
+pass "kernel path: zeroed ranges read back zeros; acknowledged writes survive a gateway kill"
