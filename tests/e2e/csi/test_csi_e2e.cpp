@@ -619,6 +619,73 @@ TEST_F(CsiE2E, EncryptedVolumeHoldsLuks2AndNoPlaintext) {
   EXPECT_THROW(rbd::Image::open(io, img), Error);  // image and its DEK gone
 }
 
+TEST_F(CsiE2E, EncryptedStageNeverFormatsAVolumeHoldingData) {
+  if (!node_path_available() || !std::getenv("RBDGW_FILTER") || !fs::exists(std::getenv("RBDGW_FILTER")))
+    GTEST_SKIP() << "needs the rbd plugin, the luks2 filter, rbdgw-fuse and /dev/fuse";
+  v1::CreateVolumeResponse a;
+  auto st = create(unique("pvc-data"), params(true), 128 * MiB, &a, secrets(true));
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const std::string id = a.volume().volume_id();
+  const std::string img = a.volume().volume_context().at("imageName");
+  // 1 MiB of data at 40 MiB, the first 16 MiB zero (e.g. written by hand).
+  std::string data(MiB, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 7 + 1);
+  {
+    auto io = connect().open_ioctx("rbd");
+    auto image = rbd::Image::open(io, img);
+    image.write(40 * MiB, data.data(), data.size());
+  }
+  const std::string staging = staging_dir(unique("data"));
+  auto s = stage(id, staging, mount_cap(), true);
+  EXPECT_CODE(s, StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("holds data at offset 41943040"), std::string::npos) << s.error_message();
+  {
+    auto io = connect().open_ioctx("rbd");
+    auto image = rbd::Image::open(io, img);
+    std::string back(data.size(), '\0');
+    image.read(40 * MiB, back.data(), back.size());
+    EXPECT_EQ(back, data) << "the data at 40 MiB changed";
+    std::string head(4096, '\0');
+    image.read(0, head.data(), head.size());
+    EXPECT_EQ(head, std::string(4096, '\0')) << "a LUKS2 header was written";
+    EXPECT_EQ(image.get_meta("rbd.csi.ceph.com/encrypted").value_or(""), "encryptionPrepared");
+  }
+  EXPECT_FALSE(fs::exists(staging + ".rbdgw.json")) << "a refused stage left its stash";
+  ASSERT_TRUE(del(id).ok());
+}
+
+TEST_F(CsiE2E, UnstageOfADeadUnrestartableVolumeForcesAndSaysWhatWasLost) {
+  if (!node_path_available()) GTEST_SKIP() << "needs the rbd plugin, rbdgw-fuse and /dev/fuse";
+  v1::CreateVolumeResponse a;
+  auto st = create(unique("pvc-dead"), params(), 64 * MiB, &a);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const std::string id = a.volume().volume_id();
+  const std::string img = a.volume().volume_context().at("imageName");
+  const std::string staging = staging_dir(unique("dead"));
+  ASSERT_TRUE(stage(id, staging).ok());
+  write_file(staging + "/unflushed", std::string(8 * MiB, 'x'));  // no sync
+  const attach::Stash stash = attach::load_stash(staging + ".rbdgw.json");
+  ASSERT_EQ(::kill(stash.gateway.pid, SIGKILL), 0);
+  // The gateway cannot come back: its image is renamed away.
+  auto io = connect().open_ioctx("rbd");
+  ASSERT_EQ(rbd_rename(io.handle(), img.c_str(), (img + "-away").c_str()), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto s = unstage(id, staging);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_CODE(s, StatusCode::DATA_LOSS);
+  EXPECT_NE(s.error_message().find("by force"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find("lost"), std::string::npos) << s.error_message();
+  EXPECT_LT(took, std::chrono::seconds(60));
+  EXPECT_FALSE(fs::exists(staging + ".rbdgw.json"));
+  std::ifstream mi("/proc/self/mountinfo");
+  std::stringstream all;
+  all << mi.rdbuf();
+  EXPECT_EQ(all.str().find(staging), std::string::npos) << "still mounted";
+  EXPECT_TRUE(unstage(id, staging).ok()) << "the kubelet's retry must succeed";
+  ASSERT_EQ(rbd_rename(io.handle(), (img + "-away").c_str(), img.c_str()), 0);
+  ASSERT_TRUE(del(id).ok());
+}
+
 TEST_F(CsiE2E, TwoVolumesAtOnceAndExpand) {
   if (!node_path_available()) GTEST_SKIP() << "needs the rbd plugin, rbdgw-fuse and /dev/fuse";
   v1::CreateVolumeResponse a, b;
