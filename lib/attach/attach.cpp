@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -83,8 +84,14 @@ std::string unescape_mount_path(const std::string& s) {
 
 bool is_mountpoint(const std::string& path) {
   if (path.empty()) return false;
+  // A FUSE mount whose exporter died cannot be stat'ed (ENOTCONN): resolve
+  // its parent instead, so that such a mount is still found (and removed).
   std::error_code ec;
-  const std::string want = fs::weakly_canonical(path, ec).string();
+  std::string want = fs::weakly_canonical(path, ec).string();
+  if (ec || want.empty()) {
+    const fs::path p(path);
+    want = (fs::weakly_canonical(p.parent_path(), ec) / p.filename()).string();
+  }
   std::ifstream f("/proc/self/mountinfo");
   for (std::string line; std::getline(f, line);) {
     std::istringstream ls(line);
@@ -180,6 +187,53 @@ void fail_outstanding_io(const Stash& s) {
   }
 }
 
+// Serialises attaches and detaches of one volume across threads and
+// processes (the CLI and rbdgw-csi, two maps at once): an exclusive flock
+// on the volume's run dir itself, held for the whole call. Another holder
+// is an EBUSY at once, naming the volume.
+class VolumeLock {
+ public:
+  // create: make the run dir first (attach); otherwise a missing run dir
+  // means there is nothing to lock (detach of an attach that never got it).
+  VolumeLock(const std::string& run_dir, const std::string& volume_id, bool create) {
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      if (create) {
+        fs::create_directories(fs::path(run_dir).parent_path());
+        if (::mkdir(run_dir.c_str(), 0700) < 0 && errno != EEXIST) throw_errno("mkdir", run_dir, errno);
+      }
+      fd_ = ::open(run_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd_ < 0) {
+        if (errno == ENOENT) continue;
+        throw_errno("open", run_dir, errno);
+      }
+      if (::flock(fd_, LOCK_EX | LOCK_NB) < 0) {
+        const int e = errno;
+        ::close(fd_);
+        fd_ = -1;
+        if (e == EWOULDBLOCK)
+          throw Error(EBUSY, cat("volume ", volume_id, ": another attach or detach of it is running "
+                                 "(", run_dir, " is locked); try again when it is done"));
+        throw_errno("flock", run_dir, e);
+      }
+      struct stat st;
+      if (::fstat(fd_, &st) == 0 && st.st_nlink > 0) return;  // not removed meanwhile
+      ::close(fd_);
+      fd_ = -1;
+    }
+    if (create) throw Error(EAGAIN, cat("volume ", volume_id, ": ", run_dir, " keeps disappearing"));
+  }
+  ~VolumeLock() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  VolumeLock(const VolumeLock&) = delete;
+  VolumeLock& operator=(const VolumeLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+DetachResult detach_locked(const std::string& stash_path, const DetachOptions& d);
+
 }  // namespace
 
 bool VolumeStatus::healthy() const {
@@ -211,7 +265,16 @@ Stash attach(const Volume& v, const AttachOptions& o) {
       throw Error(ENOENT, cat("attach ", v.id, ": target ", v.target, " is not a directory"));
   }
   const Mode mode = choose_mode(o.attach, o.root);
+  const std::string run_dir = o.run_dir.empty() ? cat(kRunRoot, "/", v.id) : o.run_dir;
+  const VolumeLock lock(run_dir, v.id, true);
+  // The lock made the run dir: a refused attach takes it away again (rmdir
+  // fails, harmlessly, while anything is still in it).
+  struct RemoveIfEmpty {
+    const std::string& dir;
+    ~RemoveIfEmpty() { if (std::uncaught_exceptions() > 0) ::rmdir(dir.c_str()); }
+  } remove_if_empty{run_dir};
 
+  std::string interrupted_mkfs_token;
   if (fs::exists(o.stash_path)) {
     Stash old = load_stash(o.stash_path);
     if (old.volume_id != v.id)
@@ -224,7 +287,8 @@ Stash attach(const Volume& v, const AttachOptions& o) {
       return load_stash(o.stash_path);
     }
     progress(o, cat("undoing an interrupted attach of ", v.id));
-    detach(o.stash_path, {.force = true});
+    interrupted_mkfs_token = old.mkfs_token;
+    detach_locked(o.stash_path, {.force = true});
   }
 
   Stash s;
@@ -241,7 +305,7 @@ Stash attach(const Volume& v, const AttachOptions& o) {
   s.read_only = v.read_only;
   s.fstype = v.block ? "" : v.fstype;
   s.mount_options = v.mount_options;
-  s.run_dir = o.run_dir.empty() ? cat(kRunRoot, "/", v.id) : o.run_dir;
+  s.run_dir = run_dir;
   s.socket = s.run_dir + "/nbd.sock";
   s.gateway_log = s.run_dir + "/gateway.log";
   s.target = v.block ? "" : v.target;
@@ -257,7 +321,7 @@ Stash attach(const Volume& v, const AttachOptions& o) {
   if (!v.block && is_mountpoint(v.target))
     throw Error(EBUSY, cat("attach ", v.id, ": target ", v.target, " is already a mount point"));
 
-  Context c{s, o, [&] { save_stash(s, o.stash_path); }, &v, {}, false};
+  Context c{s, o, [&] { save_stash(s, o.stash_path); }, &v, {}, false, interrupted_mkfs_token, {}};
   try {
     for (const Step& step : steps_for(mode)) {
       if (!step.run) continue;
@@ -271,7 +335,7 @@ Stash attach(const Volume& v, const AttachOptions& o) {
     // The volume never reached its user: nothing of it can be lost, so a
     // gateway that died meanwhile does not keep its remains up.
     try {
-      detach(o.stash_path, {.force = true});
+      detach_locked(o.stash_path, {.force = true});
     } catch (const std::exception& e) {
       log::error("undoing the attach of ", v.id, ": ", e.what());
     }
@@ -280,15 +344,28 @@ Stash attach(const Volume& v, const AttachOptions& o) {
 }
 
 DetachResult detach(const std::string& stash_path, const DetachOptions& d) {
+  if (!fs::exists(stash_path)) return {};
+  const Stash first = load_stash(stash_path);
+  const VolumeLock lock(first.run_dir, first.volume_id, false);
+  return detach_locked(stash_path, d);
+}
+
+namespace {
+DetachResult detach_locked(const std::string& stash_path, const DetachOptions& d) {
   DetachResult res;
   if (!fs::exists(stash_path)) return res;
   Stash s = load_stash(stash_path);
   const AttachOptions none;
-  Context c{s, d.restart ? *d.restart : none, [&] { save_stash(s, stash_path); }, nullptr, {}, false};
+  Context c{s, d.restart ? *d.restart : none, [&] { save_stash(s, stash_path); }, nullptr, {}, false,
+            {}, stash_path};
 
-  // The filesystem above can flush only through a live gateway.
-  if (has_io_path(s) && !alive(s.gateway)) {
-    std::string why = "it is not running";
+  // The filesystem above can flush only through a live gateway (and, on
+  // the userspace path, a live exporter).
+  const auto dead = [](const Stash& st) {
+    return !alive(st.gateway) || (st.mode == Mode::userspace && !st.fuse_file.empty() && !alive(st.fuse));
+  };
+  if (has_io_path(s) && dead(s)) {
+    std::string why = !alive(s.gateway) ? "it is not running" : "its FUSE exporter died";
     if (d.restart && s.complete) {
       try {
         readopt(stash_path, *d.restart);
@@ -297,7 +374,7 @@ DetachResult detach(const std::string& stash_path, const DetachOptions& d) {
         why = cat("a restart failed: ", e.what());
       }
     }
-    if (!alive(s.gateway)) {
+    if (dead(s)) {
       if (!d.force)
         throw Error(EIO, cat("volume ", s.volume_id, " (", s.image, "): its gateway is dead (", why,
                              "); unmounting would wait for writes that cannot complete. "
@@ -332,9 +409,13 @@ DetachResult detach(const std::string& stash_path, const DetachOptions& d) {
     log::debug("detach ", s.volume_id, ": undo ", it->name);
     it->undo(c);
   }
+  // The stash goes last: until here a failed undo can be retried from it.
   if (::unlink(stash_path.c_str()) < 0 && errno != ENOENT) throw_errno("unlink", stash_path, errno);
+  if (!s.run_dir.empty() && ::rmdir(s.run_dir.c_str()) < 0 && errno != ENOENT)
+    throw_errno("rmdir", s.run_dir, errno);
   return res;
 }
+}  // namespace
 
 std::uint64_t device_size(const std::string& device) {
   int fd = ::open(device.c_str(), O_RDONLY | O_CLOEXEC);

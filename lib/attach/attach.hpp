@@ -173,6 +173,10 @@ struct Stash {
   // The block device holding the filesystem (or handed out raw), and the mount point.
   std::string device, target;
   bool mounted = false;
+  // Set (and saved) right before mkfs, and written to the image's metadata
+  // marker rbdgw.io/mkfs-started: a later attach redoes an interrupted mkfs
+  // only when the marker carries the token of this (incomplete) stash.
+  std::string mkfs_token;
   bool operator==(const Stash&) const = default;
 };
 

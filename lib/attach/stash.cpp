@@ -42,6 +42,7 @@ std::string stash_to_json(const Stash& s) {
       {"loop_device", s.loop_device},  {"nbd_device", s.nbd_device},
       {"mapper_name", s.mapper_name},  {"device", s.device},
       {"target", s.target},            {"mounted", s.mounted},
+      {"mkfs_token", s.mkfs_token},
   };
   return j.dump(2) + "\n";
 }
@@ -80,6 +81,7 @@ Stash stash_from_json(std::string_view text, std::string_view what) {
     s.device = j.at("device").get<std::string>();
     s.target = j.at("target").get<std::string>();
     s.mounted = j.at("mounted").get<bool>();
+    s.mkfs_token = j.value("mkfs_token", std::string());  // absent in stashes of 0.1.0
     return s;
   } catch (const json::exception& e) {
     throw Error(EINVAL, cat(what, ": malformed: ", e.what()));

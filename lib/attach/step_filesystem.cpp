@@ -4,6 +4,9 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <fstream>
+#include <optional>
+
 #include "attach/steps.hpp"
 #include "luks/probe.hpp"
 #include "rbd/allocation.hpp"
@@ -15,9 +18,22 @@ constexpr std::size_t kProbeBytes = 1 << 20;
 }  // namespace
 
 // Set in the image metadata right before mkfs runs on a volume proven
-// blank, removed when it succeeded: a retry after a crash in between knows
-// that the data it finds is a half-made filesystem of ours, not the user's.
+// blank ("<fstype> <token>", the token also in the stash), removed when it
+// succeeded: a retry after a crash in between, which finds that token in
+// the interrupted attach's stash, knows that the data is a half-made
+// filesystem of ours, not the user's. A marker with any other token (left
+// by an attach that was not retried, copied into a clone or by `rbd cp`)
+// proves nothing: it is ignored, and removed once the volume is shown to
+// hold a filesystem or gets one.
 constexpr const char* kMkfsMarker = "rbdgw.io/mkfs-started";
+
+std::string new_token() {
+  std::ifstream f("/proc/sys/kernel/random/uuid");
+  std::string t;
+  std::getline(f, t);
+  if (t.empty()) throw Error(EIO, "read /proc/sys/kernel/random/uuid: empty");
+  return t;
+}
 
 // Makes the filesystem when the volume provably holds nothing where it
 // would write, else checks that it holds one of the requested type.
@@ -28,7 +44,7 @@ constexpr const char* kMkfsMarker = "rbdgw.io/mkfs-started";
 // refusing rather than guessing). The plaintext of never-written ciphertext
 // is noise, so an encrypted volume's device is not probed for zeros.
 void filesystem_run(Context& c) {
-  if (c.s.block) return;
+  if (c.s.block) return;  // raw block: the user's to format
   const Stash& s = c.s;
   const Volume& v = *c.v;
   const ImageState& image = c.image;
@@ -37,11 +53,19 @@ void filesystem_run(Context& c) {
   auto cluster = rbd::Cluster::connect(v.cluster);
   auto img = rbd::Image::open(cluster, v.image,
                               v.read_only ? rbd::Image::Mode::read_only : rbd::Image::Mode::read_write);
-  const bool half_made = img.get_meta(kMkfsMarker).has_value();
+  const std::optional<std::string> marker = img.get_meta(kMkfsMarker);
+  const bool half_made = marker && !c.interrupted_mkfs_token.empty() &&
+                         *marker == cat(s.fstype, " ", c.interrupted_mkfs_token);
+  const auto drop_stale_marker = [&] {
+    if (marker && !v.read_only) img.remove_meta(kMkfsMarker);
+  };
   if (!half_made) {
     const CommandResult r = run_command({"blkid", "-p", "-s", "TYPE", "-o", "value", s.device});
     const std::string type = r.out.substr(0, r.out.find('\n'));
-    if (type == s.fstype) return;  // made before: mount it
+    if (type == s.fstype) {  // made before: mount it
+      drop_stale_marker();
+      return;
+    }
     if (!type.empty())
       throw Error(EEXIST, cat(s.image, ": holds ", type, " filesystem, not ", s.fstype,
                               "; refusing to format a volume that holds data"));
@@ -72,7 +96,9 @@ void filesystem_run(Context& c) {
                        cat("make an ", s.fstype, " filesystem on it"), encrypted);
   }
   if (s.read_only) throw Error(EROFS, cat(s.image, ": blank, and read-only: cannot make a filesystem"));
-  img.set_meta(kMkfsMarker, s.fstype);
+  c.s.mkfs_token = new_token();
+  c.save();
+  img.set_meta(kMkfsMarker, cat(s.fstype, " ", c.s.mkfs_token));
   progress(o, cat("making an ", s.fstype, " filesystem on ", s.device, " (", s.image, ")",
                   half_made ? ", again after an interrupted first attach" : ""));
   run_checked(mkfs_argv(s.fstype, s.device));

@@ -132,10 +132,21 @@ void run_dir_run(Context& c) {
   std::ofstream(s.run_dir + "/owner") << c.o.stash_path << "\n";
 }
 
+// Everything in the run dir but the stash (the CLI keeps it there), which
+// detach removes last, with the dir itself; a mount still in the dir (a
+// FUSE file not let go) fails the undo before anything is removed.
 void run_dir_undo(Context& c) {
+  const Stash& s = c.s;
+  if (s.run_dir.empty() || !fs::exists(s.run_dir)) return;
+  if (is_mountpoint(s.fuse_file))
+    throw Error(EBUSY, cat("volume ", s.volume_id, ": ", s.fuse_file, " is still mounted"));
   std::error_code ec;
-  if (!c.s.run_dir.empty()) fs::remove_all(c.s.run_dir, ec);
-  if (ec) throw Error(ec.value(), cat("remove ", c.s.run_dir, ": ", ec.message()));
+  const fs::path keep = fs::weakly_canonical(c.stash_path, ec);
+  for (const auto& e : fs::directory_iterator(s.run_dir, ec)) {
+    if (!c.stash_path.empty() && fs::weakly_canonical(e.path(), ec) == keep) continue;
+    fs::remove_all(e.path(), ec);
+    if (ec) throw Error(ec.value(), cat("remove ", e.path().string(), ": ", ec.message()));
+  }
 }
 
 // Userspace: the gateway decrypts (luks2 filter), so a restart needs the

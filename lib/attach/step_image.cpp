@@ -8,6 +8,34 @@
 #include "rbd/image.hpp"
 
 namespace rbdgw::attach::detail {
+namespace {
+
+// Refuses a read-write attach of an image that another client has open
+// (a watcher other than this process): another gateway, `rbd map`, rbd-nbd
+// or a VM. Two writers would corrupt each other's filesystem. A client that
+// died keeps its watch for about 30 s (osd_client_watch_timeout); the
+// error says so.
+void refuse_other_writers(const rbd::Cluster& cluster, const rbd::Image& img) {
+  const auto self = static_cast<std::int64_t>(rados_get_instance_id(cluster.handle()));
+  std::vector<rbd_image_watcher_t> w(8);
+  std::size_t n = w.size();
+  int r = rbd_watchers_list(img.handle(), w.data(), &n);
+  if (r == -ERANGE) {
+    w.resize(n);
+    r = rbd_watchers_list(img.handle(), w.data(), &n);
+  }
+  check(r, "rbd_watchers_list", img.spec());
+  std::string others;
+  for (std::size_t i = 0; i < n; ++i)
+    if (w[i].id != self) others += cat(others.empty() ? "" : ", ", w[i].addr);
+  rbd_watchers_list_cleanup(w.data(), n);
+  if (!others.empty())
+    throw Error(EBUSY, cat(img.spec(), ": in use by another client (", others, "): another gateway, "
+                           "rbd map, rbd-nbd or VM has it open; refusing a second writer (a client "
+                           "that died lets go within about 30 s)"));
+}
+
+}  // namespace
 
 // Checks the image (and an encrypted volume's passphrase, one key
 // derivation, so that a wrong one is a clear EPERM rather than a gateway
@@ -22,6 +50,7 @@ void inspect_run(Context& c) {
   auto cluster = rbd::Cluster::connect(v.cluster);
   auto img = rbd::Image::open(cluster, v.image,
                               v.read_only ? rbd::Image::Mode::read_only : rbd::Image::Mode::read_write);
+  if (!v.read_only) refuse_other_writers(cluster, img);
   const EncryptionState state = kms::get_state(img);
   if (!v.encrypted) {
     if (state != EncryptionState::none)

@@ -53,6 +53,10 @@ struct Context {
   const Volume* v = nullptr;       // attach only (secrets, image)
   ImageState image;
   bool forced = false;             // detach: I/O is being failed, unmount lazily
+  // attach: the mkfs token of the interrupted attach this one redoes (the
+  // marker rbdgw.io/mkfs-started proves a half-made filesystem only then).
+  std::string interrupted_mkfs_token;
+  std::string stash_path;          // detach: kept until everything else is gone
 };
 
 struct Step {

@@ -50,3 +50,20 @@ cli map "rbd/$img" --conf "$CEPH_CONF" --mount "$mnt" --attach userspace >/dev/n
 cli unmap "$mnt"
 assert_clean
 pass "flushed data intact after the forced unmap"
+
+# The FUSE exporter (not the gateway) died: the same, and its dead FUSE
+# mount (ENOTCONN) is found and removed.
+cli map "rbd/$img" --conf "$CEPH_CONF" --mount "$mnt" --attach userspace >/dev/null
+echo hello >"$mnt/hello"
+sync -f "$mnt"
+kill -9 "$(jq -r .fuse.pid "$stash")"
+expect_status 1 timeout 120 "$RBDGW_CLI" --run-root "$RUN_ROOT" unmap "$vol"
+grep -q "FUSE exporter died" "$TEST_TMP/err" || fail "unmap does not name the dead exporter: $(cat "$TEST_TMP/err")"
+[ -e "$stash" ] || fail "the refused unmap removed the stash"
+expect_status 0 timeout 120 "$RBDGW_CLI" --run-root "$RUN_ROOT" unmap --force "$vol"
+assert_clean
+cli map "rbd/$img" --conf "$CEPH_CONF" --mount "$mnt" --attach userspace >/dev/null
+[ "$(cat "$mnt/hello")" = hello ] || fail "flushed file lost after the forced unmap of a dead exporter"
+cli unmap "$mnt"
+assert_clean
+pass "a dead FUSE exporter: unmap refused, --force tears it down, the volume maps again with its data"
