@@ -80,8 +80,18 @@ void inspect_run(Context& c) {
   }
   if (v.read_only) throw Error(EROFS, cat(obj, ": a new encrypted volume cannot be attached read-only"));
   progress(c.o, cat("formatting ", obj, " as LUKS2 (once it is shown to hold no data)"));
-  const luks::Segment seg = luks::format_image(img, v.passphrase, c.o.luks_format, tagged);
+  // Tagged before the header is written: a crash in between leaves a
+  // prepared volume (formatted on the next attach), never an untagged
+  // LUKS2 volume that later attaches would take as made elsewhere.
+  // (A refused format takes the tag away again.)
   if (!tagged) kms::set_state(img, EncryptionState::prepared);
+  luks::Segment seg;
+  try {
+    seg = luks::format_image(img, v.passphrase, c.o.luks_format, tagged);
+  } catch (...) {
+    if (!tagged) kms::set_state(img, EncryptionState::none);
+    throw;
+  }
   c.image = {seg.offset, true};
 }
 

@@ -6,6 +6,7 @@
 
 #include "common/error.hpp"
 #include "common/log.hpp"
+#include "luks/layout.hpp"
 #include "luks/probe.hpp"
 #include "rbd/allocation.hpp"
 
@@ -93,8 +94,22 @@ Segment format_image(rbd::Image& image, const SecretBuffer& passphrase, const Fo
     image.write(off, buf.data(), buf.size());
   };
   // format_volume reads the header area byte by byte; past it, the image's
-  // allocation map shows where data may be, and that is read back.
-  const std::uint64_t area = std::min(size, kDefaultHeaderArea);
+  // allocation map shows where data may be, and that is read back. An
+  // interrupted format's LUKS2 header may put its data segment below the
+  // default header area: from there on the image must be blank too.
+  std::uint64_t area = std::min(size, kDefaultHeaderArea);
+  if (encryption_prepared) {
+    std::vector<std::uint8_t> first(4096);
+    first.resize(read(first, 0));
+    if (probe(first).content == Content::luks2) {
+      try {
+        area = std::min(area, inspect_header(read, image.spec()).data_offset);
+      } catch (const Error& e) {
+        log::warn(image.spec(), ": the LUKS2 header to replace does not parse (", e.what(),
+                  "); checking the image from the default header area on");
+      }
+    }
+  }
   const rbd::RangeReader raw[] = {rbd::raw_reader(image, area)};
   rbd::require_blank(image, area, size, raw, image.spec(), "format it as LUKS2");
   const Segment seg =

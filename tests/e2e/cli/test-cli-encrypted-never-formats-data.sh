@@ -82,6 +82,30 @@ for tag in none encryptionPrepared encrypted; do
   pass "LUKS2 volume ($tag) with plaintext data at 8 MiB: no mkfs"
 done
 
+# 2b. A LUKS2 header (tagged encryptionPrepared, as an interrupted format
+#     leaves it) whose data starts at 4 MiB, below the default header area,
+#     with plaintext data at 1 MiB: `rbdgw format` does not replace it.
+truncate -s 64M "$TEST_TMP/luks4"
+cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+  --luks2-keyslots-size 1M --offset 8192 --key-file "$TEST_TMP/pass" "$TEST_TMP/luks4"
+start_nbdkit sock4 pid4 --filter="$RBDGW_FILTER" file "$TEST_TMP/luks4" passphrase=+"$TEST_TMP/pass"
+/usr/bin/python3 - "$sock4" "$TEST_TMP/plain" <<'EOF'
+import sys, nbd
+h = nbd.NBD()
+h.connect_unix(sys.argv[1])
+h.pwrite(open(sys.argv[2], 'rb').read(), 1 << 20)
+h.flush()
+h.shutdown()
+EOF
+kill "$pid4"
+name=$(unique cli); rbd_cli import --no-progress "$TEST_TMP/luks4" "rbd/$name"
+cleanup_fn "_cli_unmap_all; rbd -c '$CEPH_CONF' rm --no-progress 'rbd/$name'"
+rbd_cli image-meta set "rbd/$name" "$meta_key" encryptionPrepared
+check_refused "$name" 5 cli format "rbd/$name" --conf "$CEPH_CONF" \
+  --passphrase-file "$TEST_TMP/pass" --pbkdf pbkdf2:1000
+grep -q "holds data at offset" "$TEST_TMP/err" || fail "4 MiB data offset: $(cat "$TEST_TMP/err")"
+pass "format does not replace a prepared LUKS2 header whose data (from 4 MiB) holds plaintext"
+
 # 3. Unencrypted: the same rule, data at 40 MiB behind a zero first MiB.
 name=$(unique cli); rbd_cli import --no-progress "$TEST_TMP/data40" "rbd/$name"
 cleanup_fn "_cli_unmap_all; rbd -c '$CEPH_CONF' rm --no-progress 'rbd/$name'"
