@@ -11,8 +11,9 @@
 # One command: starts a throwaway bluestore cluster, fills an image and runs
 # the same fio jobs, side by side, these ways:
 #   librbd          fio --ioengine=rbd, cache on (rbd_cache_writethrough_until_flush
-#                   =false in the client's ceph.conf: as after a first flush)
-#   librbd-nocache  the same with rbd_cache=false instead
+#                   =false in the client's ceph.conf: as after a first flush;
+#                   --direct=0, since with --direct=1 fio turns the cache off)
+#   librbd-nocache  --direct=1 and rbd_cache=false in the ceph.conf
 #   nbdkit          fio --ioengine=nbd on `nbdkit rbd` (cache on: the old
 #                   gateway), after one NBD flush
 #   nbdkit-durable  fio --ioengine=nbd on `nbdkit rbd durable-writes=true`,
@@ -154,15 +155,18 @@ stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; serv
 # run_fio WAY NAME RW BS DEPTH: prints "VALUE LAT_US": MiB/s (bs 4M) or
 # IOPS (bs 4k), and the mean completion latency in microseconds.
 run_fio() {
-  local way=$1 name=$2 rw=$3 bs=$4 depth=$5 conf=$dir/cache.conf engine
+  local way=$1 name=$2 rw=$3 bs=$4 depth=$5 conf=$dir/cache.conf direct=1 engine
   case $way in
     librbd*) engine=(--ioengine=rbd --clientname=admin --pool=rbd --rbdname=$img) ;;
     nbdkit*) engine=(--ioengine=nbd "--uri=nbd+unix:///?socket=$sock") ;;
     mount*) engine=(--ioengine=libaio "--filename=$mnt/fio.dat" "--size=$fsize") ;;
   esac
   [ "$way" = librbd-nocache ] && conf=$dir/nocache.conf
+  # fio's rbd engine sets rbd_cache=false itself when --direct=1 (and has no
+  # page cache to bypass): the cache-on way must run without it.
+  [ "$way" = librbd ] && direct=0
   CEPH_CONF=$conf fio --name="$name" "${engine[@]}" --rw="$rw" --bs="$bs" --iodepth="$depth" \
-    --direct=1 --time_based --runtime="$runtime" --ramp_time="$ramp" --output-format=json \
+    --direct=$direct --time_based --runtime="$runtime" --ramp_time="$ramp" --output-format=json \
     --output="$dir/$way-$name.json"
   python3 - "$dir/$way-$name.json" "$rw" "$bs" <<'PY'
 import json, sys
