@@ -40,8 +40,11 @@
 // tagged encryptionPrepared (or untagged and blank) is LUKS2-formatted on its
 // first attach (luks::format_image, the same format on both paths) and
 // marked encrypted once its filesystem is made; a LUKS2 volume's passphrase
-// is checked before anything starts. A volume is formatted (mkfs) only when
-// blank: first MiB zero and no extent ever written (librbd's allocation map).
+// is checked before anything starts. A volume is formatted (LUKS2 or mkfs)
+// only when provably blank: no filesystem signature, and every extent ever
+// allocated (the parent's included) past a LUKS2 header reads as zeros, raw
+// or in the plaintext (rbd/allocation.hpp; bounded in time, refusing rather
+// than guessing). The steps of each path are in attach/steps.hpp.
 //
 // Errors: rbdgw::Error with an errno (EINVAL bad input, ENOENT missing image or
 // target, EEXIST/ENOTEMPTY a volume holding data where a filesystem or LUKS2
