@@ -25,7 +25,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr std::size_t kMaxSecret = 64 * 1024;
 constexpr const char* kBootIdFile = "boot_id";
 constexpr const char* kBootIdSource = "/proc/sys/kernel/random/boot_id";
 
@@ -240,9 +239,9 @@ void store_secret(std::string_view volume_id, std::string_view name, const Secre
   check_names(volume_id, name);
   const std::string root = resolve(root_in);
   const std::string object = store_name(root);
-  if (secret.size() > kMaxSecret)
+  if (secret.size() > max_secret_size)
     throw Error(EINVAL, cat(object, ": secret ", name, " of volume ", volume_id, ": larger than ",
-                            kMaxSecret, " bytes"));
+                            max_secret_size, " bytes"));
   const Fd dir = open_root(root, true);
   lock(dir, LOCK_EX, object);
   const std::string now = this_boot_id();
@@ -291,21 +290,9 @@ std::optional<SecretBuffer> load_secret(std::string_view volume_id, std::string_
     throw Error(EACCES, cat(object, ": owner uid ", st.st_uid, " mode ", mode,
                             ", must be this service's (uid ", ::geteuid(), ") and 0600; refusing it"));
   }
-  if (static_cast<std::uint64_t>(st.st_size) > kMaxSecret)
-    throw Error(EFBIG, cat(object, ": larger than ", kMaxSecret, " bytes; refusing it"));
-  SecretBuffer buf(static_cast<std::size_t>(st.st_size));
-  std::size_t got = 0;
-  while (got < buf.size()) {
-    ssize_t n = ::read(fd.get(), buf.data() + got, buf.size() - got);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw_errno("read", object, errno);
-    }
-    if (n == 0) break;
-    got += static_cast<std::size_t>(n);
-  }
-  if (got != buf.size()) return SecretBuffer(buf.data(), got);
-  return buf;
+  if (static_cast<std::uint64_t>(st.st_size) > max_secret_size)
+    throw Error(EFBIG, cat(object, ": larger than ", max_secret_size, " bytes; refusing it"));
+  return read_secret_fd(fd.get(), object);
 }
 
 void remove_secret(std::string_view volume_id, std::string_view name, const std::string& root_in) {

@@ -72,6 +72,23 @@ void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
   }
 }
 
+std::vector<std::string> other_watchers(const rbd::Cluster& cluster, const rbd::Image& img) {
+  const auto self = static_cast<std::int64_t>(rados_get_instance_id(cluster.handle()));
+  std::vector<rbd_image_watcher_t> w(8);
+  std::size_t n = w.size();
+  int r = rbd_watchers_list(img.handle(), w.data(), &n);
+  if (r == -ERANGE) {
+    w.resize(n);
+    r = rbd_watchers_list(img.handle(), w.data(), &n);
+  }
+  check(r, "rbd_watchers_list", img.spec());
+  std::vector<std::string> others;
+  for (std::size_t i = 0; i < n; ++i)
+    if (w[i].id != self) others.emplace_back(w[i].addr);
+  rbd_watchers_list_cleanup(w.data(), n);
+  return others;
+}
+
 // The address of the one RADOS client other than ours watching the image
 // (the gateway), waiting up to `timeout` for it; empty if there is not
 // exactly one.
@@ -79,21 +96,9 @@ std::string gateway_client(const rbd::ClusterOptions& c, const rbd::ImageSpec& s
                            std::chrono::milliseconds timeout) {
   auto cluster = rbd::Cluster::connect(c);
   auto img = rbd::Image::open(cluster, spec, rbd::Image::Mode::read_only);
-  const auto self = static_cast<std::int64_t>(rados_get_instance_id(cluster.handle()));
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    std::vector<rbd_image_watcher_t> w(8);
-    std::size_t n = w.size();
-    int r = rbd_watchers_list(img.handle(), w.data(), &n);
-    if (r == -ERANGE) {
-      w.resize(n);
-      r = rbd_watchers_list(img.handle(), w.data(), &n);
-    }
-    check(r, "rbd_watchers_list", img.spec());
-    std::vector<std::string> others;
-    for (std::size_t i = 0; i < n; ++i)
-      if (w[i].id != self) others.emplace_back(w[i].addr);
-    rbd_watchers_list_cleanup(w.data(), n);
+    const std::vector<std::string> others = other_watchers(cluster, img);
     if (others.size() == 1) return others[0];
     if (others.size() > 1 || std::chrono::steady_clock::now() > deadline) return {};
     std::this_thread::sleep_for(50ms);

@@ -16,19 +16,8 @@ namespace {
 // died keeps its watch for about 30 s (osd_client_watch_timeout); the
 // error says so.
 void refuse_other_writers(const rbd::Cluster& cluster, const rbd::Image& img) {
-  const auto self = static_cast<std::int64_t>(rados_get_instance_id(cluster.handle()));
-  std::vector<rbd_image_watcher_t> w(8);
-  std::size_t n = w.size();
-  int r = rbd_watchers_list(img.handle(), w.data(), &n);
-  if (r == -ERANGE) {
-    w.resize(n);
-    r = rbd_watchers_list(img.handle(), w.data(), &n);
-  }
-  check(r, "rbd_watchers_list", img.spec());
   std::string others;
-  for (std::size_t i = 0; i < n; ++i)
-    if (w[i].id != self) others += cat(others.empty() ? "" : ", ", w[i].addr);
-  rbd_watchers_list_cleanup(w.data(), n);
+  for (const auto& addr : other_watchers(cluster, img)) others += cat(others.empty() ? "" : ", ", addr);
   if (!others.empty())
     throw Error(EBUSY, cat(img.spec(), ": in use by another client (", others, "): another gateway, "
                            "rbd map, rbd-nbd or VM has it open; refusing a second writer (a client "

@@ -28,6 +28,7 @@
 #include "attach/process.hpp"
 #include "common/error.hpp"
 #include "common/log.hpp"
+#include "rbd/image.hpp"
 
 namespace rbdgw::attach::detail {
 
@@ -107,6 +108,8 @@ void wait_ready(const ProcessRef& p, const std::string& what, const std::string&
 void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
                    const SecretBuffer* passphrase, std::chrono::seconds timeout,
                    const std::function<void()>& save);
+// The addresses of the RADOS clients other than `cluster` watching img.
+std::vector<std::string> other_watchers(const rbd::Cluster& cluster, const rbd::Image& img);
 std::string gateway_client(const rbd::ClusterOptions& c, const rbd::ImageSpec& spec,
                            std::chrono::milliseconds timeout);
 void fence_dead_gateway(const rbd::ClusterOptions& c, const rbd::ImageSpec& spec,

@@ -224,34 +224,10 @@ dev=$(map_raw "$acked")
 # writethrough-until-flush mode.
 head -c 1M /dev/urandom | dd of="$dev" oflag=direct conv=fsync bs=1M status=none
 
-cat >"$TEST_TMP/writer.py" <<'EOF'
-import mmap, os, sys
-dev, base, count, log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-fd = os.open(dev, os.O_WRONLY | os.O_DIRECT)
-buf = mmap.mmap(-1, 65536)
-with open(log, 'w', buffering=1) as acked:
-    for i in range(count):
-        buf.seek(0)
-        buf.write((b'block-%06d-' % i) * (65536 // 13) + b'\0' * (65536 % 13))
-        os.pwrite(fd, buf, base + i * 65536)
-        print(i, file=acked)
-os.close(fd)
-EOF
-cat >"$TEST_TMP/check.py" <<'EOF'
-import sys, rados, rbd
-conf, name, base, acked = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-blocks = [int(l) for l in open(acked) if l.strip()]
-with rados.Rados(conffile=conf) as c, c.open_ioctx('rbd') as io, \
-        rbd.Image(io, name, read_only=True) as img:
-    lost = [i for i in blocks
-            if img.read(base + i * 65536, 64) != ((b'block-%06d-' % i) * 5)[:64]]
-print('%d acknowledged, %d not in RADOS%s' % (len(blocks), len(lost),
-      (': blocks ' + ' '.join(map(str, lost[:10]))) if lost else ''))
-sys.exit(1 if lost else 0)
-EOF
+acked_writes="$RBDGW_SOURCE_DIR/tests/lib/acked_writes.py"
 
 kill -STOP "$osd"
-/usr/bin/python3 "$TEST_TMP/writer.py" "$dev" $((4 << 20)) 32 "$TEST_TMP/acked" &
+/usr/bin/python3 "$acked_writes" write "$dev" $((4 << 20)) 32 "$TEST_TMP/acked" &
 writer=$!
 cleanup_fn "kill -9 $writer"
 sleep 3
@@ -261,7 +237,7 @@ for _ in $(seq 100); do kill -0 "$gw" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$gw" 2>/dev/null && fail "gateway $gw did not die"
 kill -CONT "$osd"
 echo "gateway killed after $(wc -l <"$TEST_TMP/acked") acknowledged writes"
-/usr/bin/python3 "$TEST_TMP/check.py" "$CEPH_CONF" "$acked" $((4 << 20)) "$TEST_TMP/acked" \
+/usr/bin/python3 "$acked_writes" check "$CEPH_CONF" "$acked" $((4 << 20)) "$TEST_TMP/acked" \
   >"$TEST_TMP/check" 2>&1 || fail "acknowledged writes lost with the gateway: $(cat "$TEST_TMP/check")"
 pass "acknowledged writes are in RADOS after a kill -9 of the gateway: $(cat "$TEST_TMP/check")"
 
@@ -271,7 +247,7 @@ cli reattach >/dev/null || fail "reattach failed"
 wait "$writer" || fail "the writer failed after the reattach"
 echo "writer done $(( $(date +%s) - t0 )) s after the reattach started"
 [ "$(wc -l <"$TEST_TMP/acked")" = 32 ] || fail "not every write completed after the reattach"
-/usr/bin/python3 "$TEST_TMP/check.py" "$CEPH_CONF" "$acked" $((4 << 20)) "$TEST_TMP/acked" \
+/usr/bin/python3 "$acked_writes" check "$CEPH_CONF" "$acked" $((4 << 20)) "$TEST_TMP/acked" \
   >"$TEST_TMP/check" 2>&1 || fail "writes lost across the reattach: $(cat "$TEST_TMP/check")"
 pass "writes in flight complete after the reattach: $(cat "$TEST_TMP/check")"
 if dmesg | grep -E "I/O error|blk_update_request" | grep -q nbd; then

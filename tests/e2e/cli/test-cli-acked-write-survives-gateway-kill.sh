@@ -24,42 +24,17 @@ dev=$(cli map "rbd/$img" --conf "$CEPH_CONF" --attach userspace)
 # writethrough-until-flush mode.
 head -c 1M /dev/urandom | dd of="$dev" oflag=direct conv=fsync bs=1M status=none
 
-# blocks BASE COUNT: COUNT 64 KiB blocks of a pattern that names each block.
-cat >"$TEST_TMP/writer.py" <<'EOF'
-import mmap, os, sys
-dev, base, count, log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-fd = os.open(dev, os.O_WRONLY | os.O_DIRECT)
-buf = mmap.mmap(-1, 65536)
-with open(log, 'w', buffering=1) as acked:
-    for i in range(count):
-        buf.seek(0)
-        buf.write((b'block-%06d-' % i) * (65536 // 13) + b'\0' * (65536 % 13))
-        os.pwrite(fd, buf, base + i * 65536)
-        print(i, file=acked)
-os.close(fd)
-EOF
-cat >"$TEST_TMP/check.py" <<'EOF'
-import sys, rados, rbd
-conf, name, base, acked = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-blocks = [int(l) for l in open(acked) if l.strip()]
-with rados.Rados(conffile=conf) as c, c.open_ioctx('rbd') as io, \
-        rbd.Image(io, name, read_only=True) as img:
-    lost = [i for i in blocks
-            if img.read(base + i * 65536, 64) != ((b'block-%06d-' % i) * 5)[:64]]
-print('%d acknowledged, %d not in RADOS%s' % (len(blocks), len(lost),
-      (': blocks ' + ' '.join(map(str, lost[:10]))) if lost else ''))
-sys.exit(1 if lost else 0)
-EOF
+acked_writes="$RBDGW_SOURCE_DIR/tests/lib/acked_writes.py"
 
 kill -STOP "$osd"
-/usr/bin/python3 "$TEST_TMP/writer.py" "$dev" $((4 << 20)) 32 "$TEST_TMP/acked" &
+/usr/bin/python3 "$acked_writes" write "$dev" $((4 << 20)) 32 "$TEST_TMP/acked" &
 writer=$!
 cleanup_fn "kill -9 $writer"
 sleep 3
 kill -9 "$(jq -r .gateway.pid "$stash")"
 sleep 0.5
 kill -CONT "$osd"
-/usr/bin/python3 "$TEST_TMP/check.py" "$CEPH_CONF" "$img" $((4 << 20)) "$TEST_TMP/acked" \
+/usr/bin/python3 "$acked_writes" check "$CEPH_CONF" "$img" $((4 << 20)) "$TEST_TMP/acked" \
   >"$TEST_TMP/check" 2>&1 || fail "acknowledged writes lost with the gateway: $(cat "$TEST_TMP/check")"
 pass "acknowledged writes are in RADOS after a kill -9 of the gateway: $(cat "$TEST_TMP/check")"
 
@@ -69,7 +44,7 @@ wait "$writer" || fail "the writer failed after the reattach"
 # of the machine, including ones other tests leave stuck).
 /usr/bin/python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.fsync(fd)' "$dev"
 [ "$(wc -l <"$TEST_TMP/acked")" = 32 ] || fail "not every write completed after the reattach"
-/usr/bin/python3 "$TEST_TMP/check.py" "$CEPH_CONF" "$img" $((4 << 20)) "$TEST_TMP/acked" \
+/usr/bin/python3 "$acked_writes" check "$CEPH_CONF" "$img" $((4 << 20)) "$TEST_TMP/acked" \
   >"$TEST_TMP/check" 2>&1 || fail "writes lost across the reattach: $(cat "$TEST_TMP/check")"
 pass "writes in flight complete after the reattach: $(cat "$TEST_TMP/check")"
 

@@ -41,6 +41,22 @@ map_enc() {
     --passphrase-file "$TEST_TMP/pass" --pbkdf pbkdf2:1000
 }
 
+# write_plaintext FILE OFFSET: $TEST_TMP/plain into the plaintext of the
+# LUKS2 volume FILE at OFFSET, through the luks2 filter.
+write_plaintext() {
+  local sock pid
+  start_nbdkit sock pid --filter="$RBDGW_FILTER" file "$1" passphrase=+"$TEST_TMP/pass"
+  /usr/bin/python3 - "$sock" "$TEST_TMP/plain" "$2" <<'EOF'
+import sys, nbd
+h = nbd.NBD()
+h.connect_unix(sys.argv[1])
+h.pwrite(open(sys.argv[2], 'rb').read(), int(sys.argv[3]))
+h.flush()
+h.shutdown()
+EOF
+  kill "$pid"
+}
+
 # 1. Blank first 16 MiB, 1 MiB of data at 40 MiB.
 truncate -s 128M "$TEST_TMP/data40"
 head -c 1M /dev/urandom | dd of="$TEST_TMP/data40" bs=1M seek=40 conv=notrunc status=none
@@ -63,16 +79,7 @@ truncate -s 128M "$TEST_TMP/luks"
 cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
   --key-file "$TEST_TMP/pass" "$TEST_TMP/luks"
 head -c 256K /dev/urandom >"$TEST_TMP/plain"
-start_nbdkit sock pid --filter="$RBDGW_FILTER" file "$TEST_TMP/luks" passphrase=+"$TEST_TMP/pass"
-/usr/bin/python3 - "$sock" "$TEST_TMP/plain" <<'EOF'
-import sys, nbd
-h = nbd.NBD()
-h.connect_unix(sys.argv[1])
-h.pwrite(open(sys.argv[2], 'rb').read(), 8 << 20)
-h.flush()
-h.shutdown()
-EOF
-kill "$pid"
+write_plaintext "$TEST_TMP/luks" $((8 << 20))
 for tag in none encryptionPrepared encrypted; do
   name=$(unique cli); rbd_cli import --no-progress "$TEST_TMP/luks" "rbd/$name"
   cleanup_fn "_cli_unmap_all; rbd -c '$CEPH_CONF' rm --no-progress 'rbd/$name'"
@@ -88,16 +95,7 @@ done
 truncate -s 64M "$TEST_TMP/luks4"
 cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
   --luks2-keyslots-size 1M --offset 8192 --key-file "$TEST_TMP/pass" "$TEST_TMP/luks4"
-start_nbdkit sock4 pid4 --filter="$RBDGW_FILTER" file "$TEST_TMP/luks4" passphrase=+"$TEST_TMP/pass"
-/usr/bin/python3 - "$sock4" "$TEST_TMP/plain" <<'EOF'
-import sys, nbd
-h = nbd.NBD()
-h.connect_unix(sys.argv[1])
-h.pwrite(open(sys.argv[2], 'rb').read(), 1 << 20)
-h.flush()
-h.shutdown()
-EOF
-kill "$pid4"
+write_plaintext "$TEST_TMP/luks4" $((1 << 20))
 name=$(unique cli); rbd_cli import --no-progress "$TEST_TMP/luks4" "rbd/$name"
 cleanup_fn "_cli_unmap_all; rbd -c '$CEPH_CONF' rm --no-progress 'rbd/$name'"
 rbd_cli image-meta set "rbd/$name" "$meta_key" encryptionPrepared
