@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "attach/attach.hpp"
+#include "common/boot_id.hpp"
 #include "common/error.hpp"
 #include "common/log.hpp"
 
@@ -26,7 +27,6 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr const char* kBootIdFile = "boot_id";
-constexpr const char* kBootIdSource = "/proc/sys/kernel/random/boot_id";
 
 class Fd {
  public:
@@ -77,12 +77,6 @@ std::string read_small(int dir, const char* name, const std::string& object) {
   std::string s(buf, static_cast<std::size_t>(n));
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   return s;
-}
-
-std::string this_boot_id() {
-  const std::string id = read_small(AT_FDCWD, kBootIdSource, kBootIdSource);
-  if (id.empty()) throw Error(EIO, cat("read: ", kBootIdSource, ": empty"));
-  return id;
 }
 
 void write_all(int fd, const void* data, std::size_t n, const std::string& object) {

@@ -32,7 +32,7 @@
 // removed secret is overwritten with zeros before its name goes. Reads go
 // into a SecretBuffer (wiped when freed) and refuse a file that is not a
 // regular 0600 file of this euid. The store records the boot id
-// (/proc/sys/kernel/random/boot_id) in "<root>/boot_id" when first written: a
+// (this_boot_id(), common/boot_id.hpp) in "<root>/boot_id" when first written: a
 // store from another boot (restored, copied, checkpointed) is never trusted:
 // load_secret() ignores it with a warning naming both ids, store_secret()
 // wipes its secrets and starts it afresh. No secret byte is ever logged or put
