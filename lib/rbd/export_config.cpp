@@ -58,6 +58,12 @@ void ExportConfig::set(std::string_view key, std::string_view value) {
     if (durable_writes) bad(key, "given more than once");
     durable_writes = value == "true";
     if (durable_writes) cluster.config.emplace_back(kNoCache.first, kNoCache.second);
+  } else if (key == "exclusive") {
+    if (value != "true" && value != "false") bad(key, cat("'", value, "': expected true or false"));
+    if (exclusive) bad(key, "given more than once");
+    exclusive = value == "true";
+  } else if (key == "node") {
+    set_once(node, key, value);
   } else if (key.starts_with(ceph_prefix) && key.size() > ceph_prefix.size()) {
     std::string opt(key.substr(ceph_prefix.size()));
     if (opt == "key") bad(key, "is a secret: use key=+FILE");
@@ -87,6 +93,9 @@ void ExportConfig::validate() const {
     throw Error(EINVAL, "no image given: pass [image=]pool[/namespace]/image[@snap]");
   if (!cluster.keyring.empty() && !cluster.key.empty())
     throw Error(EINVAL, "parameters 'keyring' and 'key' exclude each other");
+  if (exclusive && !spec->snap.empty())
+    throw Error(EINVAL, "parameter 'exclusive': a snapshot is read-only and takes no lock");
+  if (!node.empty() && !exclusive) throw Error(EINVAL, "parameter 'node' needs 'exclusive=true'");
   if (encryption && passphrase.empty())
     throw Error(EINVAL, "parameter 'encryption-format' needs 'encryption-passphrase'");
   if (!encryption && !passphrase.empty())

@@ -5,7 +5,7 @@
 //   [image=]pool[/ns]/image[@snap]  conf=FILE  id=USER  keyring=FILE
 //   key=SECRET  mon_host=ADDRS  timeout=SECONDS  ceph.OPTION=VALUE
 //   encryption-format=luks1|luks2  encryption-passphrase=SECRET
-//   durable-writes=true|false
+//   durable-writes=true|false  exclusive=true|false  node=NAME
 //
 // Secret values (is_secret_key) never arrive as plain strings: the caller
 // reads them (nbdkit_read_password) and hands over a SecretBuffer.
@@ -35,6 +35,11 @@ struct ExportConfig {
   // and re-attached under a filesystem needs: the client above never learns
   // that the gateway it flushes to is not the one it wrote to.
   bool durable_writes = false;
+  // One writer: the gateway takes the image's exclusive lock for its whole
+  // life (rbd/exclusive_lock.hpp) and refuses to serve without it; `node`
+  // names where it runs in its holder record (empty: the host name).
+  bool exclusive = false;
+  std::string node;
 
   // True for keys whose value is a secret ("key", "encryption-passphrase").
   static bool is_secret_key(std::string_view key);
@@ -49,7 +54,8 @@ struct ExportConfig {
   void set_secret(std::string_view key, SecretBuffer value);
 
   // Checks the rules across parameters (an image is given; a passphrase
-  // exactly when an encryption format is; keyring and key exclusive).
+  // exactly when an encryption format is; keyring and key exclusive;
+  // exclusive not with a snapshot, node only with exclusive).
   // Throws Error(EINVAL) naming the parameters.
   void validate() const;
 };

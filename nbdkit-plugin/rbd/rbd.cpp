@@ -8,6 +8,13 @@
 // serves), closed again, and opened for good in .after_fork, because
 // librados' threads do not survive nbdkit's fork into the background.
 //
+// exclusive=true (one writer, rbd/exclusive_lock.hpp): .get_ready refuses an
+// image another live client holds, naming it; .after_fork takes the
+// exclusive lock for good (librbd's managed mode: never handed to another
+// client) and writes the holder record, or the gateway does not serve. A
+// gateway that loses the lock later (rbd lock rm breaks and blocklists it)
+// fails every write, zero, trim and flush from then on.
+//
 // Thread model: PARALLEL. Every request blocks its nbdkit worker thread on
 // one librbd aio completion; the shared image handle is thread-safe.
 #define NBDKIT_API_VERSION 2
@@ -16,6 +23,7 @@
 #include <openssl/crypto.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -27,6 +35,7 @@
 #include "common/error.hpp"
 #include "common/log.hpp"
 #include "crypto/secret.hpp"
+#include "rbd/exclusive_lock.hpp"
 #include "rbd/export_config.hpp"
 #include "rbd/io.hpp"
 
@@ -56,6 +65,36 @@ struct Export {
   std::uint64_t object_size = 0;
 };
 std::optional<Export> served;
+
+// exclusive=true: once the lock is seen lost, it stays lost (the gateway
+// must be restarted to write again).
+std::atomic<bool> lock_lost{false};
+
+std::string node_name() { return config.node.empty() ? rbd::host_name() : config.node; }
+
+// exclusive=true: throws unless this gateway still owns the image's
+// exclusive lock. Called before and after every modifying request, so that
+// none completes successfully once the lock is gone.
+void require_lock() {
+  if (!config.exclusive) return;
+  if (!lock_lost && rbd::owns_lock(served->image)) return;
+  if (!lock_lost.exchange(true))
+    nbdkit_error("%s: this gateway lost the image's exclusive lock (broken by another client, "
+                 "e.g. rbd lock rm, which blocklists it): every write and flush fails from now on; "
+                 "restart the gateway", config.spec->str().c_str());
+  throw Error(EIO, cat(config.spec->str(), ": this gateway no longer holds the image's exclusive "
+                       "lock; refusing the request"));
+}
+
+// Runs a modifying request between two lock checks.
+template <typename F>
+int modify(F&& f) noexcept {
+  return guard_void([&] {
+    require_lock();
+    f();
+    require_lock();
+  });
+}
 
 // Runs f, mapping any exception to nbdkit_error + nbdkit_set_error; returns
 // f's result or fail.
@@ -122,12 +161,21 @@ int rbd_config_complete() {
 
 // Before the fork: fail now, while nbdkit can still exit non-zero.
 int rbd_get_ready() {
-  return guard_void([] { rbd::open_export(config).close(); });
+  return guard_void([] {
+    rbd::Image img = rbd::open_export(config);
+    if (config.exclusive) rbd::check_available(img, node_name());
+    img.close();
+  });
 }
 
 int rbd_after_fork() {
   return guard_void([] {
     rbd::Image img = rbd::open_export(config);
+    if (config.exclusive) {
+      const rbd::Holder h = rbd::acquire_for_life(img, rbd::this_process(node_name()));
+      nbdkit_debug("rbd: %s: holding the exclusive lock for good as %s on node %s",
+                   config.spec->str().c_str(), h.client.c_str(), h.node.c_str());
+    }
     const rbd::ImageInfo info = img.info();
     Export e{std::move(img), {}, false, info.object_size};
     e.cache = rbd::cache_mode(e.image);
@@ -199,19 +247,19 @@ int rbd_pread(void*, void* buf, uint32_t count, uint64_t offset, uint32_t) {
 // With native FUA a completed write is already durable (see rbd_can_fua),
 // so the flag needs no action here.
 int rbd_pwrite(void*, const void* buf, uint32_t count, uint64_t offset, uint32_t) {
-  return guard_void([&] { rbd::aio_write(served->image, offset, buf, count); });
+  return modify([&] { rbd::aio_write(served->image, offset, buf, count); });
 }
 
 int rbd_flush(void*, uint32_t) {
-  return guard_void([] { rbd::aio_flush(served->image); });
+  return modify([] { rbd::aio_flush(served->image); });
 }
 
 int rbd_trim(void*, uint32_t count, uint64_t offset, uint32_t) {
-  return guard_void([&] { rbd::aio_discard(served->image, offset, count); });
+  return modify([&] { rbd::aio_discard(served->image, offset, count); });
 }
 
 int rbd_zero(void*, uint32_t count, uint64_t offset, uint32_t) {
-  return guard_void([&] { rbd::aio_write_zeroes(served->image, offset, count); });
+  return modify([&] { rbd::aio_write_zeroes(served->image, offset, count); });
 }
 
 int rbd_extents(void*, uint32_t count, uint64_t offset, uint32_t, nbdkit_extents* extents) {
@@ -253,6 +301,10 @@ nbdkit_plugin make_plugin() {
       "ceph.OPTION=VALUE          Any other Ceph client option, e.g. ceph.rbd_cache=false.\n"
       "durable-writes=true        Every completed write is on the OSDs (librbd cache off;\n"
       "                           an image whose own config would cache writes is refused).\n"
+      "exclusive=true             One writer: hold the image's exclusive lock for the\n"
+      "                           gateway's whole life; refuse to start while another\n"
+      "                           client holds it; fail writes once it is lost.\n"
+      "node=NAME                  Node named in the holder record (default: host name).\n"
       "encryption-format=luks1|luks2  Load librbd encryption (rbd encryption format).\n"
       "encryption-passphrase=+FILE|-FD|-  Its passphrase (from a file or fd: every byte,\n"
       "                           as cryptsetup --key-file reads it).";

@@ -125,3 +125,33 @@ TEST(ExportConfig, CrossParameterRules) {
     expect_einval([&] { c.validate(); }, {"'encryption-passphrase' needs 'encryption-format'"});
   }
 }
+
+namespace {
+
+TEST(ExportConfig, ExclusiveAndNode) {
+  ExportConfig c;
+  c.set("image", "rbd/img");
+  EXPECT_FALSE(c.exclusive);
+  c.set("exclusive", "true");
+  c.set("node", "worker-1");
+  EXPECT_TRUE(c.exclusive);
+  EXPECT_EQ(c.node, "worker-1");
+  c.validate();
+  expect_einval([&] { c.set("exclusive", "true"); }, {"exclusive", "more than once"});
+  expect_einval([&] { c.set("node", "w2"); }, {"node", "more than once"});
+  ExportConfig d;
+  expect_einval([&] { d.set("exclusive", "yes"); }, {"exclusive", "true or false"});
+}
+
+TEST(ExportConfig, ExclusiveRules) {
+  ExportConfig snap;
+  snap.set("image", "rbd/img@s1");
+  snap.set("exclusive", "true");
+  expect_einval([&] { snap.validate(); }, {"exclusive", "snapshot"});
+  ExportConfig node_only;
+  node_only.set("image", "rbd/img");
+  node_only.set("node", "worker-1");
+  expect_einval([&] { node_only.validate(); }, {"node", "exclusive=true"});
+}
+
+}  // namespace
