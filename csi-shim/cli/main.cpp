@@ -261,6 +261,7 @@ nlohmann::json status_json(const attach::VolumeStatus& st) {
 }
 
 std::string state_word(const attach::VolumeStatus& st) {
+  if (!st.stale.empty()) return "stale";  // from an earlier boot
   if (!st.stash.complete) return "incomplete";
   return st.healthy() ? "ok" : !st.gateway_alive ? "gateway-dead" : "degraded";
 }
@@ -295,8 +296,11 @@ int cmd_status(const std::string& run_root, const std::vector<std::string>& argv
               << "\nmode:    " << attach::to_string(s.mode) << (s.encrypted ? ", encrypted" : "")
               << (s.read_only ? ", read-only" : "") << "\ndevice:  " << s.device
               << "\ntarget:  " << (s.block ? "(raw block)" : s.target)
-              << "\ngateway: pid " << s.gateway.pid << (st.gateway_alive ? " running" : " dead")
-              << "\nstate:   " << state_word(st) << "\n";
+              << "\ngateway: "
+              << (!st.stale.empty() ? "none (the stash is from an earlier boot)"
+                                    : cat("pid ", s.gateway.pid, st.gateway_alive ? " running" : " dead"))
+              << "\nstate:   " << (st.stale.empty() ? state_word(st) : st.stale + "; map it again")
+              << "\n";
   }
   return st.healthy() ? 0 : 1;
 }

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
@@ -23,6 +24,7 @@
 #include "attach/nbd_netlink.hpp"
 #include "attach/secret_store.hpp"
 #include "attach/steps.hpp"
+#include "common/boot_id.hpp"
 #include "rbd/image.hpp"
 
 namespace fs = std::filesystem;
@@ -234,16 +236,79 @@ class VolumeLock {
 
 DetachResult detach_locked(const std::string& stash_path, const DetachOptions& d);
 
+// Forgets a stale stash (stale_reason()) without touching the pids, devices
+// or mounts it names: they went with its boot, and the numbers may belong to
+// someone else now. Wipes the volume's secrets and the files its run dir
+// kept (a run root on disk keeps them across a reboot), then the stash.
+// locked_run_dir: the run dir whose VolumeLock the caller holds; a stale
+// stash naming another run dir leaves that one alone. Throws Error(EBUSY)
+// when the run dir belongs to another attach of the volume (its owner file
+// names another stash) or something is mounted on its FUSE file.
+void forget_stale(const Stash& old, const std::string& stash_path, const std::string& locked_run_dir) {
+  const std::string why = stale_reason(old);
+  log::warn("volume ", old.volume_id, ": stash ", stash_path, " is ", why, "; its gateway, exporter, "
+            "devices and mounts went with that boot: forgetting it, without touching the pids or "
+            "devices it names");
+  Stash s = old;
+  const AttachOptions none;
+  Context c{s, none, [] {}, nullptr, {}, false, {}, stash_path};
+  if (!s.run_dir.empty() && s.run_dir == locked_run_dir) {
+    std::ifstream f(s.run_dir + "/owner");
+    std::string other;
+    if (std::getline(f, other) && other != stash_path && fs::exists(other))
+      throw Error(EBUSY, cat("volume ", s.volume_id, ": run dir ", s.run_dir, " belongs to its attach "
+                             "with stash ", other, ", not to the stale stash ", stash_path));
+    run_dir_undo(c);
+  } else if (!s.run_dir.empty()) {
+    log::warn("volume ", s.volume_id, ": the stale stash's run dir ", s.run_dir, " is not ",
+              locked_run_dir, ": left as it is");
+  }
+  secrets_undo(c);
+  if (::unlink(stash_path.c_str()) < 0 && errno != ENOENT) throw_errno("unlink", stash_path, errno);
+}
+
+// The gateway of a stale stash died with its boot, but the OSDs keep its
+// watch on the image until it times out (osd_client_watch_timeout, 30 s
+// after the boot ended: a reboot faster than that still finds it). Waits
+// for exactly that watch to go, so that the attach does not refuse our own
+// dead gateway as a second writer; never fences it (a stash cannot prove
+// where its client runs). Past the wait the attach goes on, and refuses a
+// watcher that is still there as it refuses any other.
+void wait_out_dead_watch(const Volume& v, const std::string& client, const AttachOptions& o) {
+  if (client.empty() || v.read_only) return;
+  try {
+    auto cluster = rbd::Cluster::connect(v.cluster);
+    auto img = rbd::Image::open(cluster, v.image, rbd::Image::Mode::read_only);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(45);
+    bool told = false;
+    for (;;) {
+      const auto others = other_watchers(cluster, img);
+      if (std::find(others.begin(), others.end(), client) == others.end()) return;
+      if (std::chrono::steady_clock::now() > deadline) return;
+      if (!told)
+        progress(o, cat("waiting for the watch of ", v.image.str(), "'s gateway from the earlier boot (",
+                        client, ") to time out"));
+      told = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  } catch (const Error& e) {
+    log::warn("volume ", v.id, ": cannot tell whether the earlier boot's gateway still watches ",
+              v.image.str(), ": ", e.what());
+  }
+}
+
 }  // namespace
 
 bool VolumeStatus::healthy() const {
-  return gateway_alive && (stash.mode == Mode::kernel ? nbd_connected : fuse_alive) &&
+  return stale.empty() && gateway_alive && (stash.mode == Mode::kernel ? nbd_connected : fuse_alive) &&
          (stash.block || mounted);
 }
 
 VolumeStatus status(const Stash& s) {
   VolumeStatus st;
   st.stash = s;
+  st.stale = stale_reason(s);
+  if (!st.stale.empty()) return st;  // what it names is not its own any more
   st.gateway_alive = alive(s.gateway);
   st.fuse_alive = s.mode == Mode::userspace && alive(s.fuse) && is_mountpoint(s.fuse_file);
   st.mounted = !s.block && is_mountpoint(s.target);
@@ -279,20 +344,29 @@ Stash attach(const Volume& v, const AttachOptions& o) {
     Stash old = load_stash(o.stash_path);
     if (old.volume_id != v.id)
       throw Error(EBUSY, cat("stash ", o.stash_path, " belongs to volume ", old.volume_id, ", not ", v.id));
-    if (old.complete) {
+    if (const std::string why = stale_reason(old); !why.empty()) {
+      // After a reboot: nothing of it is up, and re-adopting it could only
+      // fail (its secrets went with the boot's tmpfs). Stage afresh.
+      progress(o, cat("the stash of ", v.id, " is ", why, ": attaching afresh"));
+      forget_stale(old, o.stash_path, run_dir);
+      if (!old.complete) interrupted_mkfs_token = old.mkfs_token;
+      wait_out_dead_watch(v, old.gateway_client, o);
+    } else if (old.complete) {
       if (old.block != v.block || (!v.block && old.target != v.target))
         throw Error(EBUSY, cat("volume ", v.id, " is already attached at ",
                                old.block ? old.device : old.target));
       readopt(o.stash_path, o);
       return load_stash(o.stash_path);
+    } else {
+      progress(o, cat("undoing an interrupted attach of ", v.id));
+      interrupted_mkfs_token = old.mkfs_token;
+      detach_locked(o.stash_path, {.force = true});
     }
-    progress(o, cat("undoing an interrupted attach of ", v.id));
-    interrupted_mkfs_token = old.mkfs_token;
-    detach_locked(o.stash_path, {.force = true});
   }
 
   Stash s;
   s.volume_id = v.id;
+  s.boot_id = this_boot_id();
   s.mode = mode;
   s.image = v.image.str();
   s.conf_file = v.cluster.conf_file;
@@ -355,6 +429,12 @@ DetachResult detach_locked(const std::string& stash_path, const DetachOptions& d
   DetachResult res;
   if (!fs::exists(stash_path)) return res;
   Stash s = load_stash(stash_path);
+  if (!stale_reason(s).empty()) {
+    forget_stale(s, stash_path, s.run_dir);
+    if (!s.run_dir.empty() && ::rmdir(s.run_dir.c_str()) < 0 && errno != ENOENT)
+      throw_errno("rmdir", s.run_dir, errno);
+    return res;
+  }
   const AttachOptions none;
   Context c{s, d.restart ? *d.restart : none, [&] { save_stash(s, stash_path); }, nullptr, {}, false,
             {}, stash_path};
@@ -430,6 +510,8 @@ std::uint64_t device_size(const std::string& device) {
 
 std::uint64_t refresh_size(const std::string& stash_path, const AttachOptions& o) {
   const Stash s = load_stash(stash_path);
+  if (const std::string why = stale_reason(s); !why.empty())
+    throw Error(ESTALE, cat("volume ", s.volume_id, ": ", why, "; attach it again"));
   if (!s.complete) throw Error(EBUSY, cat("volume ", s.volume_id, ": not completely attached"));
   if (s.mode == Mode::kernel)
     throw Error(ENOTSUP, cat("volume ", s.volume_id, ": the kernel path cannot show a new size "
@@ -462,6 +544,10 @@ std::uint64_t refresh_size(const std::string& stash_path, const AttachOptions& o
 
 VolumeStatus readopt(const std::string& stash_path, const AttachOptions& o) {
   Stash s = load_stash(stash_path);
+  if (const std::string why = stale_reason(s); !why.empty())
+    throw Error(ESTALE, cat("volume ", s.volume_id, ": ", why, "; nothing of it is up and its "
+                            "secrets are gone: map (stage) it again, which forgets the stale stash "
+                            "and attaches afresh, or unmap (unstage) it"));
   if (!s.complete)
     throw Error(EIO, cat("volume ", s.volume_id, ": its attach was interrupted; detach it and attach again"));
   if (!alive(s.gateway)) {

@@ -155,6 +155,9 @@ struct Stash {
   int version = 1;
   bool complete = false;  // all steps done
   std::string volume_id;
+  // this_boot_id() of the attach (common/boot_id.hpp). A stash from another
+  // boot is stale: its processes, mounts and devices went with that boot.
+  std::string boot_id;
   Mode mode = Mode::userspace;
   std::string image;      // spec string
   // Cluster connection for a gateway restart (no key: that is in the keyring).
@@ -188,8 +191,17 @@ std::string stash_to_json(const Stash& s);
 Stash stash_from_json(std::string_view json, std::string_view what = "stash");
 // Writes path atomically (temp file + rename), mode 0600.
 void save_stash(const Stash& s, const std::string& path);
-// Throws Error(ENOENT) when absent, EINVAL when malformed.
+// Throws Error(ENOENT) when absent, EINVAL when malformed. A stash written
+// before boot ids were recorded gets, when its file is older than this boot
+// and none of its processes is alive, a boot id that marks it stale.
 Stash load_stash(const std::string& path);
+// Empty when s is from this boot (or cannot be told: no boot id); otherwise
+// why it is stale: "from an earlier boot (boot id X, this boot Y)". Whatever
+// a stale stash names (pids, loop/nbd devices, mounts) may belong to someone
+// else now: attach() forgets it (its secrets and run-dir files) and attaches
+// afresh, detach() only forgets it, readopt() and refresh_size() refuse it
+// (ESTALE), status() reports it (VolumeStatus::stale) without probing.
+std::string stale_reason(const Stash& s);
 // Stashes at dir/*/stash.json (the CLI's layout), sorted by volume id;
 // unreadable ones are logged and skipped.
 std::vector<Stash> list_stashes(const std::string& dir = kRunRoot);
@@ -264,6 +276,7 @@ struct VolumeStatus {
   bool fuse_alive = false;   // userspace path only
   bool mounted = false;      // target is a mount point (filesystem volumes)
   bool nbd_connected = false;  // kernel path only: /dev/nbdN configured (nbd_status)
+  std::string stale;           // stale_reason(): non-empty, nothing of it is up
   bool healthy() const;
 };
 VolumeStatus status(const Stash& s);
@@ -271,7 +284,8 @@ VolumeStatus status(const Stash& s);
 // Re-adopts an attached volume: if its gateway died, restarts it on the same
 // socket with the secrets kept in the secret store (the exporter / kernel
 // reconnects); never unmounts. Returns the status after the repair. Throws
-// Error(EIO) when the volume cannot be repaired in place (exporter dead).
+// Error(EIO) when the volume cannot be repaired in place (exporter dead),
+// Error(ESTALE) "stale: from an earlier boot ..." for a stale stash.
 VolumeStatus readopt(const std::string& stash_path, const AttachOptions& o);
 
 }  // namespace rbdgw::attach

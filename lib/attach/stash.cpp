@@ -4,12 +4,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "attach/attach.hpp"
+#include "attach/process.hpp"
+#include "common/boot_id.hpp"
 #include "common/error.hpp"
 #include "common/log.hpp"
 
@@ -28,7 +31,8 @@ ProcessRef process_from(const json& j) {
 std::string stash_to_json(const Stash& s) {
   json j = {
       {"version", s.version},          {"complete", s.complete},
-      {"volume_id", s.volume_id},      {"mode", to_string(s.mode)},
+      {"volume_id", s.volume_id},      {"boot_id", s.boot_id},
+      {"mode", to_string(s.mode)},
       {"image", s.image},              {"conf_file", s.conf_file},
       {"mon_host", s.mon_host},        {"user_id", s.user_id},
       {"keyring", s.keyring},          {"cephx_key_in_keyring", s.cephx_key_in_keyring},
@@ -56,6 +60,7 @@ Stash stash_from_json(std::string_view text, std::string_view what) {
     s.complete = j.at("complete").get<bool>();
     s.volume_id = j.at("volume_id").get<std::string>();
     validate_volume_id(s.volume_id);
+    s.boot_id = j.value("boot_id", std::string());  // absent in stashes of 0.2.0 and before
     s.mode = parse_mode(j.at("mode").get<std::string>());
     s.image = j.at("image").get<std::string>();
     s.conf_file = j.at("conf_file").get<std::string>();
@@ -107,12 +112,39 @@ void save_stash(const Stash& s, const std::string& path) {
   }
 }
 
+namespace {
+// This boot's start in seconds since the epoch (/proc/stat btime), 0 if unknown.
+long long boot_time() {
+  std::ifstream f("/proc/stat");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("btime ", 0) == 0) return std::atoll(line.c_str() + 6);
+  return 0;
+}
+}  // namespace
+
 Stash load_stash(const std::string& path) {
   std::ifstream f(path);
   if (!f) throw_errno("open", path, errno ? errno : ENOENT);
   std::stringstream ss;
   ss << f.rdbuf();
-  return stash_from_json(ss.str(), path);
+  Stash s = stash_from_json(ss.str(), path);
+  // A stash of a version that did not record the boot id: from an earlier
+  // boot if it was last written before this boot began and nothing it
+  // started is alive (a clock stepped forward cannot make a live one stale).
+  struct stat st;
+  if (s.boot_id.empty() && ::stat(path.c_str(), &st) == 0) {
+    const long long btime = boot_time();
+    if (btime > 0 && st.st_mtime < btime && !alive(s.gateway) && !alive(s.fuse))
+      s.boot_id = "unrecorded, written before this boot began";
+  }
+  return s;
+}
+
+std::string stale_reason(const Stash& s) {
+  if (s.boot_id.empty()) return {};
+  const std::string now = this_boot_id();
+  if (s.boot_id == now) return {};
+  return cat("stale: from an earlier boot (boot id ", s.boot_id, ", this boot ", now, ")");
 }
 
 std::vector<Stash> list_stashes(const std::string& dir) {
