@@ -257,7 +257,8 @@ nlohmann::json status_json(const attach::VolumeStatus& st) {
           {"device", s.device},       {"target", s.target},      {"fstype", s.fstype},
           {"encrypted", s.encrypted}, {"read_only", s.read_only}, {"complete", s.complete},
           {"gateway_pid", s.gateway.pid}, {"gateway_alive", st.gateway_alive},
-          {"fuse_alive", st.fuse_alive},  {"mounted", st.mounted}, {"healthy", st.healthy()}};
+          {"fuse_alive", st.fuse_alive},  {"mounted", st.mounted}, {"healthy", st.healthy()},
+          {"nbd_connected", st.nbd_connected}};
 }
 
 std::string state_word(const attach::VolumeStatus& st) {

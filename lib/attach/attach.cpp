@@ -182,7 +182,10 @@ void fail_outstanding_io(const Stash& s) {
   if (s.mode == Mode::kernel && !s.nbd_device.empty() &&
       fs::exists(cat("/sys/block/", fs::path(s.nbd_device).filename().string()))) {
     try {
-      nbd_disconnect(nbd_device_index(s.nbd_device));
+      // Only the volume's own device (step_kernel.cpp names it so).
+      const int index = nbd_device_index(s.nbd_device);
+      if (nbd_backend(index) == "rbdgw:" + s.volume_id) nbd_disconnect(index);
+      else log::warn(s.nbd_device, " is not connected for volume ", s.volume_id, ": left alone");
     } catch (const Error& e) {
       log::warn(e.what());
     }
@@ -314,6 +317,15 @@ VolumeStatus status(const Stash& s) {
   st.mounted = !s.block && is_mountpoint(s.target);
   st.nbd_connected = s.mode == Mode::kernel && !s.nbd_device.empty() &&
                      nbd_status(nbd_device_index(s.nbd_device)) == NbdState::connected;
+  // Configured is not enough: the kernel keeps a device whose connection it
+  // gave up or whose gateway died; its socket table tells.
+  if (st.nbd_connected) {
+    try {
+      st.nbd_connected = nbd_server_connected(s.socket);
+    } catch (const Error& e) {
+      log::warn("volume ", s.volume_id, ": cannot tell whether ", s.nbd_device, "'s connection is up: ", e.what());
+    }
+  }
   return st;
 }
 

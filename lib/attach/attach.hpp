@@ -275,7 +275,9 @@ struct VolumeStatus {
   bool gateway_alive = false;
   bool fuse_alive = false;   // userspace path only
   bool mounted = false;      // target is a mount point (filesystem volumes)
-  bool nbd_connected = false;  // kernel path only: /dev/nbdN configured (nbd_status)
+  // Kernel path only: /dev/nbdN configured (nbd_status) and its connection
+  // to the gateway up in the kernel's socket table (nbd_server_connected).
+  bool nbd_connected = false;
   std::string stale;           // stale_reason(): non-empty, nothing of it is up
   bool healthy() const;
 };

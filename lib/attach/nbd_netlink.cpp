@@ -5,13 +5,18 @@
 #include <linux/nbd-netlink.h>
 #include <linux/nbd.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 #include <utility>
@@ -32,10 +37,11 @@ class Fd {
   explicit Fd(int fd) : fd_(fd) {}
   Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
   Fd& operator=(Fd&&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
+  ~Fd() { close(); }
   int get() const { return fd_; }
+  void close() {
+    if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+  }
 
  private:
   int fd_;
@@ -321,16 +327,128 @@ std::string device_backend(int index) {
   return backend;
 }
 
-// The kernel sets the socket's send timeout to the I/O timeout when it takes
-// the socket on NBD_CMD_RECONFIGURE; NBD_CMD_RECONFIGURE itself reports
-// success also when it found no dead connection to replace.
-bool taken_by_kernel(int fd) {
-  timeval tv{};
-  socklen_t len = sizeof tv;
-  return ::getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) == 0 && (tv.tv_sec || tv.tv_usec);
+// ---- sock_diag (unix sockets) -----------------------------------------------------------
+
+constexpr std::uint8_t kTcpEstablished = 1;  // unix stream sockets use the TCP states
+
+struct UnixSocketInfo {
+  std::uint32_t ino = 0, peer = 0;
+  std::uint8_t state = 0, shutdown = 0;
+  std::string name;  // bound path ("" for none; accepted sockets share the listener's)
+};
+
+// Sends a SOCK_DIAG_BY_FAMILY request for AF_UNIX (a dump when ino is 0,
+// else the socket with that inode) and returns the sockets in the reply.
+// Throws Error (ENOENT for an exact lookup of no such socket, or when the
+// kernel has no unix_diag).
+std::vector<UnixSocketInfo> unix_diag(std::uint32_t ino, std::uint32_t states, const std::string& what) {
+  Fd fd(::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (fd.get() < 0) throw_errno("socket", "AF_NETLINK NETLINK_SOCK_DIAG", errno);
+  struct {
+    nlmsghdr h;
+    unix_diag_req r;
+  } req{};
+  req.h.nlmsg_len = sizeof req;
+  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  req.h.nlmsg_flags = NLM_F_REQUEST | (ino ? 0 : NLM_F_DUMP);
+  req.h.nlmsg_seq = 1;
+  req.r.sdiag_family = AF_UNIX;
+  req.r.udiag_states = states;
+  req.r.udiag_ino = ino;
+  req.r.udiag_show = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER;
+  req.r.udiag_cookie[0] = req.r.udiag_cookie[1] = ~0u;  // INET_DIAG_NOCOOKIE
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  if (::sendto(fd.get(), &req, sizeof req, 0, reinterpret_cast<sockaddr*>(&kernel), sizeof kernel) < 0)
+    throw_errno("sock_diag request", what, errno);
+  std::vector<UnixSocketInfo> out;
+  std::vector<std::uint8_t> buf(64 * 1024);
+  for (;;) {
+    const ssize_t n = ::recv(fd.get(), buf.data(), buf.size(), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw_errno("sock_diag recv", what, errno);
+    const auto len = static_cast<std::size_t>(n);
+    for (std::size_t off = 0; len - off >= NLMSG_HDRLEN;) {
+      nlmsghdr m;
+      std::memcpy(&m, buf.data() + off, sizeof m);
+      if (m.nlmsg_len < NLMSG_HDRLEN || m.nlmsg_len > len - off) break;
+      const std::uint8_t* p = buf.data() + off + NLMSG_HDRLEN;
+      const std::size_t plen = m.nlmsg_len - NLMSG_HDRLEN;
+      if (m.nlmsg_type == NLMSG_DONE) return out;
+      if (m.nlmsg_type == NLMSG_ERROR) {
+        const int err = attr_value<nlmsgerr>(p, plen).error;
+        if (err != 0) throw_errno("sock_diag", what, err);
+        return out;
+      }
+      if (m.nlmsg_type == SOCK_DIAG_BY_FAMILY && plen >= sizeof(unix_diag_msg)) {
+        unix_diag_msg d;
+        std::memcpy(&d, p, sizeof d);
+        UnixSocketInfo u;
+        u.ino = d.udiag_ino;
+        u.state = d.udiag_state;
+        const std::size_t at = NLMSG_ALIGN(sizeof d);
+        if (plen > at) {
+          for_each_attr(p + at, plen - at, [&](std::uint16_t t, const std::uint8_t* a, std::size_t an) {
+            if (t == UNIX_DIAG_NAME) {  // a path name ends in its NUL
+              u.name.assign(reinterpret_cast<const char*>(a), an);
+              while (!u.name.empty() && u.name.back() == '\0') u.name.pop_back();
+            }
+            if (t == UNIX_DIAG_PEER) u.peer = attr_value<std::uint32_t>(a, an);
+            if (t == UNIX_DIAG_SHUTDOWN) u.shutdown = attr_value<std::uint8_t>(a, an);
+          });
+        }
+        out.push_back(std::move(u));
+        if (ino) return out;  // an exact lookup answers with one message
+      }
+      off += NLMSG_ALIGN(m.nlmsg_len);
+    }
+  }
+}
+
+std::uint32_t socket_inode(int fd, const std::string& what) {
+  struct stat st;
+  if (::fstat(fd, &st) < 0) throw_errno("fstat", what, errno);
+  return static_cast<std::uint32_t>(st.st_ino);
+}
+
+// Whether a unix socket with inode ino still exists. Called after this
+// process closed its last descriptor of it: only the kernel's reference
+// (the nbd driver took the socket) keeps it alive then.
+bool unix_socket_exists(std::uint32_t ino, const std::string& what) {
+  try {
+    return !unix_diag(ino, ~0u, what).empty();
+  } catch (const Error& e) {
+    if (e.code() == ENOENT) return false;
+    throw;
+  }
 }
 
 }  // namespace
+
+bool nbd_server_connected(const std::string& socket_path) {
+  for (const UnixSocketInfo& u : unix_diag(0, 1u << kTcpEstablished, socket_path))
+    if (u.name == socket_path && u.peer != 0 && u.shutdown == 0) return true;
+  return false;
+}
+
+std::string nbd_backend(int index) { return device_backend(index); }
+
+int nbd_find_backend(const std::string& backend) {
+  if (backend.empty()) return -1;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/sys/block", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("nbd", 0) != 0) continue;
+    int index;
+    try {
+      index = nbd_device_index("/dev/" + name);
+    } catch (const Error&) {
+      continue;
+    }
+    if (device_backend(index) == backend && nbd_status(index) == NbdState::connected) return index;
+  }
+  return -1;
+}
 
 std::string nbd_device_path(int index) { return cat("/dev/nbd", index); }
 
@@ -361,7 +479,7 @@ NbdExport nbd_probe(const std::string& socket_path) {
 int nbd_connect(const std::string& socket_path, const NbdOptions& o) {
   const std::string what = o.index < 0 ? cat("nbd device (server ", socket_path, ")")
                                        : cat(nbd_device_path(o.index), " (server ", socket_path, ")");
-  if (o.io_timeout < 1s) throw Error(EINVAL, cat(what, ": the I/O timeout must be at least 1 s"));
+  if (o.io_timeout < 0s) throw Error(EINVAL, cat(what, ": negative I/O timeout"));
   if (o.dead_conn_timeout < 0s) throw Error(EINVAL, cat(what, ": negative dead-connection timeout"));
   Genl genl = Genl::nbd();
   NbdExport exp;
@@ -394,7 +512,7 @@ void nbd_reconnect(int index, const std::string& socket_path, std::chrono::milli
   const auto deadline = std::chrono::steady_clock::now() + wait;
   for (;;) {
     NbdExport exp;
-    const Fd sock = connect_export(socket_path, exp);
+    Fd sock = connect_export(socket_path, exp);
     const std::uint64_t size = device_bytes(index);
     if (size && exp.size != size)
       throw Error(EINVAL, cat("nbd reconnect: ", what, ": the export has ", exp.size,
@@ -404,7 +522,12 @@ void nbd_reconnect(int index, const std::string& socket_path, std::chrono::milli
     if (!backend.empty()) a.str(NBD_ATTR_BACKEND_IDENTIFIER, backend);
     add_socket(a, sock.get());
     genl.request(NBD_CMD_RECONFIGURE, a, "nbd netlink NBD_CMD_RECONFIGURE", what);
-    if (taken_by_kernel(sock.get())) break;
+    // NBD_CMD_RECONFIGURE also reports success when it found no dead
+    // connection to replace (and dropped the socket). The kernel took it
+    // if it outlives this process's descriptor.
+    const std::uint32_t ino = socket_inode(sock.get(), what);
+    sock.close();
+    if (unix_socket_exists(ino, what)) break;
     if (std::chrono::steady_clock::now() >= deadline)
       throw Error(EBUSY, cat("nbd reconnect: ", what, ": the kernel kept its connection "
                              "(no dead connection to replace: is the old server still alive?)"));

@@ -5,33 +5,59 @@
 
 #include "attach/nbd_netlink.hpp"
 #include "attach/steps.hpp"
+#include "common/log.hpp"
 #include "luks/volume.hpp"
 
 namespace fs = std::filesystem;
 
 namespace rbdgw::attach::detail {
 namespace {
-// How long I/O waits for a restarted gateway (rbdgw reattach) before it fails.
+using namespace std::chrono_literals;
+// How long new I/O waits for a restarted gateway (rbdgw reattach) before it
+// fails with EIO, once the gateway's connection is gone.
 constexpr std::chrono::seconds kNbdDeadConnTimeout{300};
+
+// The identifier the volume's device is connected with
+// (/sys/block/nbdN/backend): which device is this volume's.
+std::string nbd_backend_id(const Stash& s) { return "rbdgw:" + s.volume_id; }
 }  // namespace
 
+// The kernel picks the device (two maps at once never share one), and the
+// stash names it only once it is this volume's. A Ceph stall delays I/O
+// instead of failing it: no I/O timeout (rbd-nbd's --io-timeout=0), so the
+// kernel never drops a live gateway's connection; a dead gateway's device
+// waits kNbdDeadConnTimeout for `rbdgw reattach` (nbd_reconnect).
 void nbd_device_run(Context& c) {
   Stash& s = c.s;
-  s.nbd_device = find_free_nbd(c.o.root);
-  c.save();  // detach disconnects it only if connected
-  // I/O waits for `rbdgw reattach` (nbd_reconnect) if the gateway dies.
-  nbd_connect(s.socket, {.dead_conn_timeout = kNbdDeadConnTimeout, .backend = "rbdgw:" + s.volume_id,
-                         .index = nbd_device_index(s.nbd_device)});
+  const int index = nbd_connect(s.socket, {.io_timeout = 0s, .dead_conn_timeout = kNbdDeadConnTimeout,
+                                           .backend = nbd_backend_id(s)});
+  s.nbd_device = nbd_device_path(index);
   s.device = s.nbd_device;
   c.save();
 }
 
-// A disconnect fails the device's outstanding I/O with EIO, which is what a
-// forced detach needs too.
+// Disconnects only a device connected for this volume (its backend
+// identifier says so), also one the stash does not name yet (the attach
+// stopped between the connect and the save). A disconnect fails the
+// device's outstanding I/O with EIO, which is what a forced detach needs too.
 void nbd_device_undo(Context& c) {
   const Stash& s = c.s;
-  if (!s.nbd_device.empty() && fs::exists(cat("/sys/block/", fs::path(s.nbd_device).filename().string())))
-    nbd_disconnect(nbd_device_index(s.nbd_device));
+  const std::string ours = nbd_backend_id(s);
+  if (s.nbd_device.empty()) {
+    const int index = nbd_find_backend(ours);
+    if (index >= 0) nbd_disconnect(index);
+    return;
+  }
+  if (!fs::exists(cat("/sys/block/", fs::path(s.nbd_device).filename().string()))) return;
+  const int index = nbd_device_index(s.nbd_device);
+  if (nbd_status(index) != NbdState::connected) return;
+  const std::string backend = nbd_backend(index);
+  if (backend != ours) {
+    log::warn(s.nbd_device, " is connected for '", backend, "', not for volume ", s.volume_id,
+              " ('", ours, "'): left alone");
+    return;
+  }
+  nbd_disconnect(index);
 }
 
 void dm_crypt_run(Context& c) {

@@ -10,6 +10,8 @@
 //                                             connected|disconnected|absent,
 //                                             exit 0 if connected, 1 if not
 //   kvm-nbd disconnect DEVICE                 nbd_disconnect
+//   kvm-nbd link SOCK                         nbd_server_connected; prints
+//                                             up|down, exit 0 if up, 1 if not
 //
 // Exit status 2 for bad usage, 1 for any error (message on stderr).
 #include <iostream>
@@ -51,9 +53,13 @@ int run(const std::vector<std::string>& a) {
     return s == NbdState::connected ? 0 : 1;
   } else if (cmd == "disconnect" && a.size() == 2) {
     nbd_disconnect(nbd_device_index(a[1]));
+  } else if (cmd == "link" && a.size() == 2) {
+    const bool up = nbd_server_connected(a[1]);
+    std::cout << (up ? "up" : "down") << "\n";
+    return up ? 0 : 1;
   } else {
     std::cerr << "usage: kvm-nbd probe SOCK | connect SOCK DEAD_S IO_S BACKEND | reconnect DEVICE SOCK |"
-                 " status DEVICE | disconnect DEVICE\n";
+                 " status DEVICE | disconnect DEVICE | link SOCK\n";
     return 2;
   }
   return 0;
