@@ -92,10 +92,6 @@ Mode parse_mode(std::string_view s);
 // root is "/" except in tests.
 Mode choose_mode(AttachChoice choice, const std::string& root = "/");
 
-// The first /dev/nbdN not in use: root/sys/block/nbdN exists with no "pid"
-// file and size 0. Throws Error(ENODEV) when none is free.
-std::string find_free_nbd(const std::string& root = "/");
-
 // Checks a volume id: 1..128 characters of [A-Za-z0-9._-], not "." or "..".
 // Throws Error(EINVAL).
 void validate_volume_id(std::string_view id);
@@ -134,7 +130,7 @@ struct AttachOptions {
   std::string stash_path;  // required: the 0600 JSON state file
   std::string run_dir;     // empty: kRunRoot/<volume-id>
   Tools tools;
-  std::string root = "/";  // for choose_mode/find_free_nbd (tests)
+  std::string root = "/";  // for choose_mode (tests)
   // Progress lines for long steps ("starting gateway", "mkfs.ext4 ..."); may be empty.
   std::function<void(std::string_view)> progress;
   std::chrono::seconds timeout{60};  // per readiness wait

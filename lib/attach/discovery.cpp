@@ -44,28 +44,6 @@ Mode choose_mode(AttachChoice choice, const std::string& root) {
   return Mode::userspace;
 }
 
-std::string find_free_nbd(const std::string& root) {
-  const fs::path sys = fs::path(root) / "sys/block";
-  std::vector<int> nums;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(sys, ec)) {
-    const std::string n = e.path().filename().string();
-    if (n.size() > 3 && n.starts_with("nbd") &&
-        std::all_of(n.begin() + 3, n.end(), [](char c) { return c >= '0' && c <= '9'; }))
-      nums.push_back(std::stoi(n.substr(3)));
-  }
-  std::sort(nums.begin(), nums.end());
-  for (int n : nums) {
-    const fs::path dir = sys / cat("nbd", n);
-    if (fs::exists(dir / "pid", ec)) continue;
-    std::ifstream f(dir / "size");
-    unsigned long long size = 1;
-    if (!(f >> size) || size != 0) continue;
-    return cat("/dev/nbd", n);
-  }
-  throw Error(ENODEV, cat("no free nbd device under ", sys.string()));
-}
-
 namespace {
 bool id_char(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||

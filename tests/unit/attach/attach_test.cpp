@@ -107,28 +107,6 @@ TEST(ChooseMode, ExplicitKernelWithoutModulesFailsNamingWhatIsMissing) {
   EXPECT_NE(both.find("device-mapper"), std::string::npos) << both;
 }
 
-TEST(FindFreeNbd, SkipsDevicesWithAPidOrASizeAndSortsNumerically) {
-  TempDir root;
-  root.file("sys/block/nbd0/pid", "1234");  // connected
-  root.file("sys/block/nbd0/size", "0");
-  root.file("sys/block/nbd1/size", "2097152");  // size set: in use
-  root.file("sys/block/nbd10/size", "0");
-  root.file("sys/block/nbd2/size", "0");
-  root.file("sys/block/loop0/size", "0");
-  root.file("sys/block/nbdx/size", "0");
-  EXPECT_EQ(find_free_nbd(root.path()), "/dev/nbd2");
-  root.file("sys/block/nbd2/pid", "99");
-  EXPECT_EQ(find_free_nbd(root.path()), "/dev/nbd10");
-}
-
-TEST(FindFreeNbd, NoneFreeIsENODEV) {
-  TempDir root;
-  EXPECT_EQ(error_code([&] { find_free_nbd(root.path()); }), ENODEV);
-  root.file("sys/block/nbd0/pid", "1");
-  root.file("sys/block/nbd0/size", "0");
-  EXPECT_EQ(error_code([&] { find_free_nbd(root.path()); }), ENODEV);
-}
-
 TEST(VolumeId, ValidatesCharactersAndLength) {
   EXPECT_EQ(error_code([] { validate_volume_id("0001-0009-rbd-0000000000000001-abc_d.e"); }), 0);
   for (const char* bad : {"", ".", "..", "a/b", "a b", "x\n", "v;rm"})
