@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -37,10 +38,13 @@ const char* kUsage =
     "  map IMAGE-SPEC [--mount DIR [--fstype ext4|xfs] [--options OPTS]] [--read-only]\n"
     "      [--encrypted --passphrase-file F | --kms-id ID --kms-config F [--kms-secret-file F]]\n"
     "      [--attach auto|kernel|userspace] [--volume-id ID] [--pbkdf argon2id|pbkdf2[:ITER]]\n"
-    "      CLUSTER-OPTIONS\n"
+    "      [--node NAME] CLUSTER-OPTIONS\n"
     "      Attaches (and mounts); prints the mount point, or the device without --mount.\n"
     "      Mapping an already mapped volume re-attaches it if its gateway died.\n"
     "      A blank encrypted volume is LUKS2-formatted first (--pbkdf: its key derivation).\n"
+    "      One writer: a read-write map is refused while another node's gateway holds the\n"
+    "      image (--node: this node's name in its lock record; default $RBDGW_NODE_NAME,\n"
+    "      else the host name).\n"
     "  unmap [--force] VOLUME  VOLUME: volume id, image spec, mount point or device\n"
     "      A dead gateway is restarted first; if that fails, --force tears the volume\n"
     "      down anyway, failing the filesystem's unflushed writes (they are lost).\n"
@@ -202,13 +206,16 @@ attach::Stash find_volume(const std::string& run_root, const std::string& what) 
 
 int cmd_map(const std::string& run_root, const std::vector<std::string>& argv) {
   Args a(argv, {"encrypted", "read-only"},
-         join({kClusterOpts, kKmsOpts, {"mount", "fstype", "options", "passphrase-file", "attach", "pbkdf"}}));
+         join({kClusterOpts, kKmsOpts, {"mount", "fstype", "options", "passphrase-file", "attach", "pbkdf",
+                                     "node"}}));
   attach::Volume v;
   v.image = one_image(a);
   v.cluster = cluster_options(a);
   v.id = a.get("volume-id", attach::volume_id_for(v.image));
   attach::validate_volume_id(v.id);
   v.read_only = a.has("read-only") || v.image.is_snapshot();
+  const char* node_env = std::getenv("RBDGW_NODE_NAME");
+  v.node = a.get("node", node_env ? node_env : "");
   v.block = !a.has("mount");
   if (v.block && (a.has("fstype") || a.has("options"))) throw Usage("--fstype and --options need --mount");
   if (!v.block) {

@@ -113,6 +113,7 @@ void Node::stage(const VolumeId& id, const std::string& staging, const Capabilit
   v.cluster = cluster_options(*controller_.clusters().find(id.cluster_id), secrets);
   v.image = rbd::ImageSpec{loc.io.pool(), loc.io.ns(), loc.image, ""};
   v.read_only = cap.read_only;
+  v.node = node_id_;  // named in the gateway's lock record: another node's stage is refused naming it
   v.block = cap.block;
   if (!cap.block) {
     v.fstype = cap.fs_type;

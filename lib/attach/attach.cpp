@@ -43,7 +43,6 @@ const std::vector<Step>& steps_for(Mode m) {
       {"gateway", gateway_run, gateway_undo},
       {"fuse_exporter", fuse_exporter_run, fuse_exporter_undo},
       {"loop_device", loop_device_run, loop_device_undo},
-      {"gateway_identity", gateway_identity_run, nullptr},
       {"filesystem", filesystem_run, nullptr},
       {"mount", mount_run, mount_undo},
       {"mark_encrypted", mark_encrypted_run, nullptr},
@@ -55,7 +54,6 @@ const std::vector<Step>& steps_for(Mode m) {
       {"gateway", gateway_run, gateway_undo},
       {"nbd_device", nbd_device_run, nbd_device_undo},
       {"dm_crypt", dm_crypt_run, dm_crypt_undo},
-      {"gateway_identity", gateway_identity_run, nullptr},
       {"filesystem", filesystem_run, nullptr},
       {"mount", mount_run, mount_undo},
       {"mark_encrypted", mark_encrypted_run, nullptr},
@@ -571,13 +569,10 @@ VolumeStatus readopt(const std::string& stash_path, const AttachOptions& o) {
       throw Error(ENOKEY, cat("volume ", s.volume_id, ": cephx key not in the secret store ", secret_root(), "; "
                               "detach it and attach again"));
     progress(o, cat("restarting the gateway for ", s.image, " (volume ", s.volume_id, ")"));
-    const auto cluster = cluster_options(s, key);
-    const auto spec = rbd::ImageSpec::parse(s.image);
-    fence_dead_gateway(cluster, spec, s.gateway_client);
+    // A read-write gateway takes the dead one's exclusive lock over itself
+    // (same node, same boot, its pid gone: rbd/exclusive_lock.hpp).
     const auto save = [&] { save_stash(s, stash_path); };
     start_gateway(s, o.tools, key ? &*key : nullptr, pass ? &*pass : nullptr, o.timeout, save);
-    if (!s.read_only) s.gateway_client = gateway_client(cluster, spec, 5s);
-    save();
     if (s.mode == Mode::kernel && !s.nbd_device.empty()) {
       progress(o, cat("reconnecting ", s.nbd_device, " to the new gateway"));
       nbd_reconnect(nbd_device_index(s.nbd_device), s.socket);

@@ -123,6 +123,11 @@ struct Volume {
   std::string fstype = "ext4";  // ext4 | xfs
   std::string target;           // existing directory to mount on (filesystem volumes)
   std::string mount_options;    // extra "-o" style options, may be empty
+  // The node this attach runs on, named in the gateway's holder record
+  // (rbd/exclusive_lock.hpp): the CSI node id, the CLI's --node; empty: the
+  // host name. A read-write attach is refused while a gateway on another
+  // node (or a live one on this node) holds the volume's exclusive lock.
+  std::string node;
 };
 
 struct AttachOptions {
@@ -151,6 +156,7 @@ struct Stash {
   int version = 1;
   bool complete = false;  // all steps done
   std::string volume_id;
+  std::string node;       // Volume::node (the host name if it was empty)
   // this_boot_id() of the attach (common/boot_id.hpp). A stash from another
   // boot is stale: its processes, mounts and devices went with that boot.
   std::string boot_id;
@@ -163,9 +169,8 @@ struct Stash {
   std::string fstype, mount_options;
   std::string run_dir, socket, gateway_log;
   ProcessRef gateway;
-  // The gateway's RADOS client address (its watch on the image), so that a
-  // restart can break the dead gateway's exclusive lock at once instead of
-  // waiting ~30 s for its watch to time out; empty if unknown.
+  // A read-write gateway's RADOS client address (the owner of the image's
+  // exclusive lock, as its holder record names it); empty if unknown.
   std::string gateway_client;
   // userspace path
   ProcessRef fuse;
@@ -210,6 +215,9 @@ struct GatewayArgs {
   int key_fd = -1;         // cephx key on this fd when >= 0
   int passphrase_fd = -1;  // LUKS passphrase on this fd (encrypted volumes)
   bool read_only = false;
+  // Read-write gateways: exclusive=true node=NODE (one writer, holding the
+  // image's exclusive lock for their whole life); node empty: host name.
+  std::string node;
 };
 std::vector<std::string> gateway_argv(const Tools& t, const GatewayArgs& a);
 // rbdgw-fuse [--name NAME] [--readonly] [--no-punch-hole] --size-file SIZE_FILE SOCKET FILE

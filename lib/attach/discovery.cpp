@@ -105,6 +105,12 @@ std::vector<std::string> gateway_argv(const Tools& t, const GatewayArgs& a) {
   // be on the OSDs, or a flush to its successor would report success over
   // writes the dead one only cached.
   v.push_back("durable-writes=true");
+  // One writer: a read-write gateway holds the image's exclusive lock for
+  // its whole life and refuses to serve without it.
+  if (!a.read_only) {
+    v.push_back("exclusive=true");
+    if (!a.node.empty()) v.push_back("node=" + a.node);
+  }
   if (!a.conf_file.empty()) v.push_back("conf=" + a.conf_file);
   if (!a.mon_host.empty()) v.push_back("mon_host=" + a.mon_host);
   if (!a.user_id.empty()) v.push_back("id=" + a.user_id);

@@ -41,6 +41,7 @@ std::string stash_to_json(const Stash& s) {
       {"mount_options", s.mount_options}, {"run_dir", s.run_dir},
       {"socket", s.socket},            {"gateway_log", s.gateway_log},
       {"gateway", process_json(s.gateway)}, {"gateway_client", s.gateway_client},
+      {"node", s.node},
       {"fuse", process_json(s.fuse)},
       {"fuse_file", s.fuse_file},
       {"loop_device", s.loop_device},  {"nbd_device", s.nbd_device},
@@ -78,6 +79,7 @@ Stash stash_from_json(std::string_view text, std::string_view what) {
     s.gateway_log = j.at("gateway_log").get<std::string>();
     s.gateway = process_from(j.at("gateway"));
     s.gateway_client = j.at("gateway_client").get<std::string>();
+    s.node = j.value("node", std::string());  // absent in stashes of 0.2.0 and before
     s.fuse = process_from(j.at("fuse"));
     s.fuse_file = j.at("fuse_file").get<std::string>();
     s.loop_device = j.at("loop_device").get<std::string>();

@@ -1,8 +1,13 @@
 // Steps around the gateway: run_dir (the 0700 run directory and its owner
 // file), secrets (what a restart of the gateway needs, in the secret
-// store), gateway (nbdkit rbd [+ luks2] on the run dir's socket) and
-// gateway_identity (its RADOS client, so that a restart can fence exactly
-// it).
+// store) and gateway (nbdkit rbd [+ luks2] on the run dir's socket; a
+// read-write one with exclusive=true: it holds the image's exclusive lock
+// for its whole life, rbd/exclusive_lock.hpp).
+//
+// A restart of this node's dead gateway (readopt) needs no fencing of its
+// own: the new gateway takes the lock over itself, because the holder record
+// proves the old one dead (same node, same boot, its pid gone). A gateway
+// on another node is never fenced from here.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +16,7 @@
 
 #include "attach/secret_store.hpp"
 #include "attach/steps.hpp"
+#include "rbd/exclusive_lock.hpp"
 #include "rbd/image.hpp"
 
 namespace fs = std::filesystem;
@@ -20,6 +26,50 @@ namespace {
 // Fixed descriptor numbers of the secrets in the gateway.
 constexpr int kKeyFd = 3;
 constexpr int kPassphraseFd = 4;
+
+rbd::ClusterOptions cluster_of(const Stash& s, const SecretBuffer* cephx_key) {
+  std::optional<SecretBuffer> key;
+  if (cephx_key) key = cephx_key->clone();
+  return cluster_options(s, key);
+}
+
+// A read-write gateway is ready only once it holds the exclusive lock: its
+// socket and pid file come before nbdkit's .after_fork, which takes the lock
+// (or fails). Waits until the lock's owner is the gateway s.gateway by its
+// holder record, and records its RADOS client in the stash.
+void await_lock(Stash& s, const SecretBuffer* cephx_key, std::chrono::seconds timeout,
+                const std::function<void()>& save) {
+  auto cluster = rbd::Cluster::connect(cluster_of(s, cephx_key));
+  auto img = rbd::Image::open(cluster, rbd::ImageSpec::parse(s.image));
+  wait_ready(s.gateway, cat("gateway for ", s.image, " (taking the exclusive lock)"), s.gateway_log,
+             timeout, [&] {
+               const auto o = rbd::lock_owner(img);
+               if (!o || !o->holder || o->holder->pid != s.gateway.pid || o->holder->node != s.node)
+                 return false;
+               s.gateway_client = o->client;
+               return true;
+             });
+  save();
+}
+
+// After a read-write gateway exited at start: when another client holds the
+// image's lock (a second stage of this volume on another node got it
+// first), the answer is EBUSY naming it, not the gateway's exit.
+void refuse_if_in_use(const Stash& s, const SecretBuffer* cephx_key, const Error& e) {
+  std::optional<rbd::LockOwner> o;
+  std::string msg;
+  try {
+    auto cluster = rbd::Cluster::connect(cluster_of(s, cephx_key));
+    auto img = rbd::Image::open(cluster, rbd::ImageSpec::parse(s.image));
+    o = rbd::lock_owner(img);
+    if (o) msg = rbd::in_use_message(img, *o);
+  } catch (const Error&) {
+    return;  // the gateway's own error says more
+  }
+  if (o) throw Error(EBUSY, cat(msg, " (the gateway for volume ", s.volume_id, " refused to start: ",
+                                e.what(), ")"));
+}
+
 }  // namespace
 
 // Starts the gateway for s on s.socket, with the secrets on fds 3 and 4.
@@ -29,6 +79,7 @@ void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
                    const SecretBuffer* passphrase, std::chrono::seconds timeout,
                    const std::function<void()>& save) {
   const std::string pidfile = s.run_dir + "/nbdkit.pid";
+  if (s.node.empty()) s.node = rbd::host_name();  // a stash of 0.2.0
   // A gateway that exits at once without a word was, until spawn_detached
   // waited for its middle process to be gone, nbdkit killed by that exit
   // (docs/attach-paths.md). Kept as a defence: such a gateway is started
@@ -38,7 +89,7 @@ void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
     ::unlink(s.socket.c_str());
     ::unlink(pidfile.c_str());
     GatewayArgs a{s.socket, pidfile, s.image, s.conf_file, s.mon_host, s.user_id, s.keyring,
-                  -1, -1, s.read_only};
+                  -1, -1, s.read_only, s.node};
     std::vector<PassFd> pass;
     std::vector<int> fds;
     struct Closer {
@@ -63,8 +114,10 @@ void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
         return ::stat(pidfile.c_str(), &st) == 0 && st.st_size > 0 &&
                ::stat(s.socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
       });
+      if (!s.read_only) await_lock(s, cephx_key, timeout, save);
       return;
-    } catch (const Error&) {
+    } catch (const Error& e) {
+      if (!s.read_only && !alive(s.gateway)) refuse_if_in_use(s, cephx_key, e);
       if (attempt >= 2 || alive(s.gateway) || log_tail(s.gateway_log) != "(no output)") throw;
       log::warn("gateway for ", s.image, " (pid ", s.gateway.pid, ") exited at start without a message (",
                 exit_reason(s.gateway), "); starting it again");
@@ -89,47 +142,11 @@ std::vector<std::string> other_watchers(const rbd::Cluster& cluster, const rbd::
   return others;
 }
 
-// The address of the one RADOS client other than ours watching the image
-// (the gateway), waiting up to `timeout` for it; empty if there is not
-// exactly one.
-std::string gateway_client(const rbd::ClusterOptions& c, const rbd::ImageSpec& spec,
-                           std::chrono::milliseconds timeout) {
-  auto cluster = rbd::Cluster::connect(c);
-  auto img = rbd::Image::open(cluster, spec, rbd::Image::Mode::read_only);
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    const std::vector<std::string> others = other_watchers(cluster, img);
-    if (others.size() == 1) return others[0];
-    if (others.size() > 1 || std::chrono::steady_clock::now() > deadline) return {};
-    std::this_thread::sleep_for(50ms);
-  }
-}
-
-// Breaks the exclusive lock of the image if the dead gateway `client` holds
-// it (librbd blocklists that client), so the new gateway need not wait for
-// the dead one's watch to time out. Only our own dead client is fenced.
-void fence_dead_gateway(const rbd::ClusterOptions& c, const rbd::ImageSpec& spec,
-                        const std::string& client) {
-  if (client.empty()) return;
-  auto cluster = rbd::Cluster::connect(c);
-  auto img = rbd::Image::open(cluster, spec);
-  rbd_lock_mode_t mode;
-  std::vector<char*> owners(8);
-  std::size_t n = owners.size();
-  int r = rbd_lock_get_owners(img.handle(), &mode, owners.data(), &n);
-  if (r == -ENOENT) return;  // no lock held
-  check(r, "rbd_lock_get_owners", img.spec());
-  bool ours = false;
-  for (std::size_t i = 0; i < n; ++i) ours = ours || client == owners[i];
-  rbd_lock_get_owners_cleanup(owners.data(), n);
-  if (!ours) return;
-  log::info(img.spec(), ": breaking the exclusive lock of the dead gateway ", client);
-  r = rbd_lock_break(img.handle(), RBD_LOCK_MODE_EXCLUSIVE, client.c_str());
-  if (r < 0 && r != -ENOENT) check(r, "rbd_lock_break", img.spec());
-}
+std::string node_name(const Volume& v) { return v.node.empty() ? rbd::host_name() : v.node; }
 
 void run_dir_run(Context& c) {
   Stash& s = c.s;
+  s.node = node_name(*c.v);
   fs::create_directories(fs::path(s.run_dir).parent_path());
   if (::mkdir(s.run_dir.c_str(), 0700) < 0 && errno != EEXIST) throw_errno("mkdir", s.run_dir, errno);
   ::chmod(s.run_dir.c_str(), 0700);
@@ -178,15 +195,6 @@ void gateway_undo(Context& c) {
   stop_process(c.s.gateway, 10s);
   // One started but not recorded (the caller died in between).
   if (!c.s.run_dir.empty()) stop_process(stray(c.s, gateway_pid_file(c.s)), 10s);
-}
-
-// After the device is up: the gateway's RADOS client address (its watch on
-// the image), so that a restart can break the dead gateway's exclusive lock
-// at once instead of waiting ~30 s for its watch to time out.
-void gateway_identity_run(Context& c) {
-  if (c.s.read_only) return;
-  c.s.gateway_client = gateway_client(c.v->cluster, c.v->image, 2s);
-  c.save();
 }
 
 }  // namespace rbdgw::attach::detail

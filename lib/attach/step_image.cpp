@@ -1,27 +1,59 @@
 // Steps on the image itself: inspect (before anything starts) and
 // mark_encrypted (when everything else is done).
+#include <cstdlib>
+
 #include "attach/steps.hpp"
 #include "kms/image_meta.hpp"
 #include "luks/probe.hpp"
 #include "luks/volume_format.hpp"
 #include "rbd/allocation.hpp"
+#include "rbd/exclusive_lock.hpp"
 #include "rbd/image.hpp"
 
 namespace rbdgw::attach::detail {
 namespace {
 
-// Refuses a read-write attach of an image that another client has open
-// (a watcher other than this process): another gateway, `rbd map`, rbd-nbd
-// or a VM. Two writers would corrupt each other's filesystem. A client that
-// died keeps its watch for about 30 s (osd_client_watch_timeout); the
-// error says so.
-void refuse_other_writers(const rbd::Cluster& cluster, const rbd::Image& img) {
-  std::string others;
-  for (const auto& addr : other_watchers(cluster, img)) others += cat(others.empty() ? "" : ", ", addr);
-  if (!others.empty())
-    throw Error(EBUSY, cat(img.spec(), ": in use by another client (", others, "): another gateway, "
-                           "rbd map, rbd-nbd or VM has it open; refusing a second writer (a client "
-                           "that died lets go within about 30 s)"));
+// Refuses a read-write attach of an image that another writer holds (its
+// exclusive lock: EBUSY naming the holder's node from its record, unless it
+// is this node's provably dead gateway, which the new gateway takes over)
+// or that another client has open (a watcher other than this process):
+// a reader, rbd map, rbd-nbd, a VM. A client that died keeps its watch for
+// about 30 s (osd_client_watch_timeout); the error says so. Watchers seen
+// without a lock owner are looked at again a few times, with this handle
+// closed in between, so that two stages of one volume at the same moment do
+// not refuse each other: one goes on (its gateway takes the lock), the other
+// then sees that lock and is refused naming it. The gateway's lock is the
+// guarantee; this check only makes the refusal early and clear.
+void refuse_other_writers(const Volume& v) {
+  const std::string node = node_name(v);
+  std::vector<std::string> others;
+  for (int round = 0; round < 8; ++round) {
+    if (round > 0) std::this_thread::sleep_for(std::chrono::milliseconds(150 + std::rand() % 450));
+    auto cluster = rbd::Cluster::connect(v.cluster);
+    auto img = rbd::Image::open(cluster, v.image);
+    const auto owner = rbd::check_available(img, node);  // throws EBUSY for a live writer
+    others = other_watchers(cluster, img);
+    if (owner) std::erase(others, owner->client);  // a dead gateway's watch, about to go
+    if (others.empty()) return;
+  }
+  std::string list;
+  for (const auto& addr : others) list += cat(list.empty() ? "" : ", ", addr);
+  throw Error(EBUSY, cat(v.image.str(), ": in use by another client (", list, "): another gateway, a "
+                         "reader, rbd map, rbd-nbd or VM has it open; refusing a second writer (a client "
+                         "that died lets go within about 30 s)"));
+}
+
+// Refuses a read-only attach of an image head that a writer holds: a
+// filesystem read while another node writes it changes under the reader
+// (ext4 and xfs read-only mounts cache metadata and fail or read garbage).
+// A snapshot never changes and is always allowed.
+void refuse_while_written(const Volume& v, const rbd::Image& img) {
+  if (v.image.is_snapshot()) return;
+  const auto owner = rbd::lock_owner(img);
+  if (!owner || rbd::provably_dead(*owner, node_name(v))) return;
+  throw Error(EBUSY, cat(rbd::in_use_message(img, *owner), ". A read-only attach of an image "
+                         "another client writes would read data changing under it: attach a "
+                         "snapshot of it instead (rbd snap create)"));
 }
 
 }  // namespace
@@ -36,10 +68,11 @@ void inspect_run(Context& c) {
   using kms::EncryptionState;
   const Volume& v = *c.v;
   const std::string obj = v.image.str();
+  if (!v.read_only) refuse_other_writers(v);
   auto cluster = rbd::Cluster::connect(v.cluster);
   auto img = rbd::Image::open(cluster, v.image,
                               v.read_only ? rbd::Image::Mode::read_only : rbd::Image::Mode::read_write);
-  if (!v.read_only) refuse_other_writers(cluster, img);
+  if (v.read_only) refuse_while_written(v, img);
   const EncryptionState state = kms::get_state(img);
   if (!v.encrypted) {
     if (state != EncryptionState::none)

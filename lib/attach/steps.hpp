@@ -10,7 +10,8 @@
 //   step_image.cpp       inspect (passphrase check, LUKS2 format of a
 //                        provably blank volume), mark_encrypted
 //   step_gateway.cpp     run_dir, secrets (the secret store), gateway
-//                        (nbdkit rbd [+ luks2]), and the gateway's identity
+//                        (nbdkit rbd [+ luks2]; read-write: holding the
+//                        exclusive lock, rbd/exclusive_lock.hpp)
 //   step_userspace.cpp   fuse_exporter (rbdgw-fuse), loop_device
 //   step_kernel.cpp      nbd_device (netlink NBD), dm_crypt (libcryptsetup)
 //   step_filesystem.cpp  filesystem (the blankness decision and mkfs), mount
@@ -104,16 +105,17 @@ void wait_ready(const ProcessRef& p, const std::string& what, const std::string&
   }
 }
 
-// step_gateway.cpp, also for readopt.
+// step_gateway.cpp, also for readopt. A read-write gateway is waited for
+// until it holds the image's exclusive lock (recorded: s.gateway_client);
+// one that exits because another client holds it is Error(EBUSY) naming
+// that client and its node.
 void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
                    const SecretBuffer* passphrase, std::chrono::seconds timeout,
                    const std::function<void()>& save);
 // The addresses of the RADOS clients other than `cluster` watching img.
 std::vector<std::string> other_watchers(const rbd::Cluster& cluster, const rbd::Image& img);
-std::string gateway_client(const rbd::ClusterOptions& c, const rbd::ImageSpec& spec,
-                           std::chrono::milliseconds timeout);
-void fence_dead_gateway(const rbd::ClusterOptions& c, const rbd::ImageSpec& spec,
-                        const std::string& client);
+// The node named in holder records: v.node, or the host name.
+std::string node_name(const Volume& v);
 
 // Step functions, by file.
 void inspect_run(Context& c);
@@ -124,7 +126,6 @@ void secrets_run(Context& c);
 void secrets_undo(Context& c);
 void gateway_run(Context& c);
 void gateway_undo(Context& c);
-void gateway_identity_run(Context& c);
 void fuse_exporter_run(Context& c);
 void fuse_exporter_undo(Context& c);
 void loop_device_run(Context& c);

@@ -59,9 +59,12 @@ std::string utc_now() {
   return buf;
 }
 
-// The cls lock entry (client name and cookie) of the exclusive lock held at
-// `addr`, for the "rbd lock rm" hint; empty when not found.
-std::string lock_rm_hint(const Image& img, const std::string& addr) {
+// The cls lock entries of the image's header (the exclusive lock is one,
+// its cookie "auto <n>"), as rbd lock ls shows them.
+struct Locker {
+  std::string client, cookie, addr;
+};
+std::vector<Locker> list_lockers(const Image& img) {
   int exclusive = 0;
   std::vector<char> tag(64), clients(256), cookies(256), addrs(256);
   for (int attempt = 0; attempt < 3; ++attempt) {
@@ -72,13 +75,26 @@ std::string lock_rm_hint(const Image& img, const std::string& addr) {
       tag.resize(tl + 1), clients.resize(cl + 1), cookies.resize(kl + 1), addrs.resize(al + 1);
       continue;
     }
-    if (n <= 0) return {};
+    if (n == -ENOENT) return {};
+    check(static_cast<int>(n), "rbd_list_lockers", img.spec());
+    std::vector<Locker> out;
     const char *c = clients.data(), *k = cookies.data(), *a = addrs.data();
     for (ssize_t i = 0; i < n; ++i) {
-      if (addr == a) return cat("rbd lock rm ", img.spec(), " '", k, "' ", c);
+      out.push_back({c, k, a});
       c += std::strlen(c) + 1, k += std::strlen(k) + 1, a += std::strlen(a) + 1;
     }
-    return {};
+    return out;
+  }
+  throw Error(ERANGE, cat("rbd_list_lockers: ", img.spec(), ": the list keeps growing"));
+}
+
+// The `rbd lock rm` command that breaks the exclusive lock held at addr;
+// empty when it is not found.
+std::string lock_rm_hint(const Image& img, const std::string& addr) {
+  try {
+    for (const Locker& l : list_lockers(img))
+      if (l.addr == addr) return cat("rbd lock rm ", img.spec(), " '", l.cookie, "' ", l.client);
+  } catch (const Error&) {
   }
   return {};
 }
@@ -142,6 +158,17 @@ std::optional<Holder> read_holder(const Image& img) {
 void write_holder(Image& img, const Holder& h) { img.set_meta(kHolderKey, holder_to_json(h)); }
 
 std::optional<LockOwner> lock_owner(const Image& img) {
+  if (img.read_only()) {
+    // librbd keeps no lock state on a read-only handle: read the lock's
+    // entry on the header object (librbd's exclusive lock: cookie "auto <n>").
+    for (const Locker& l : list_lockers(img)) {
+      if (!l.cookie.starts_with("auto ")) continue;
+      LockOwner o{l.addr, {}};
+      if (auto h = read_holder(img); h && h->client == o.client) o.holder = std::move(h);
+      return o;
+    }
+    return std::nullopt;
+  }
   rbd_lock_mode_t mode;
   std::vector<char*> owners(4);
   std::size_t n = owners.size();
@@ -234,7 +261,7 @@ Holder acquire_for_life(Image& img, const Holder& me) {
     if (auto o = lock_owner(img)) {
       std::string why;
       if (!provably_dead(*o, me.node, &why)) throw Error(EBUSY, in_use_message(img, *o));
-      log::info(img.spec(), ": taking over the exclusive lock of ", o->client, ": ", why);
+      log::warn(img.spec(), ": taking over the exclusive lock of ", o->client, ": ", why);
       break_lock(img, o->client);
     }
     const int r = rbd_lock_acquire(img.handle(), RBD_LOCK_MODE_EXCLUSIVE);

@@ -128,7 +128,7 @@ pass "a volume holding only zeros is formatted"
 #    guessed about (exporting 300 GiB to compare would take too long: its
 #    allocation map must stay empty instead).
 name=$(unique cli)
-rbd_cli create --size 300G --image-feature layering "rbd/$name"
+rbd_cli create --size 300G --image-feature layering,exclusive-lock "rbd/$name"
 cleanup_fn "_cli_unmap_all; rbd -c '$CEPH_CONF' rm --no-progress 'rbd/$name'"
 expect_status 6 cli map "rbd/$name" --conf "$CEPH_CONF" --mount "$mnt" --attach userspace
 grep -q "cannot prove within the time bound" "$TEST_TMP/err" || fail "refusal not explained: $(cat "$TEST_TMP/err")"

@@ -29,10 +29,11 @@ grep -q "gateway-dead" "$TEST_TMP/out" || fail "status does not report the dead 
 
 cli reattach >"$TEST_TMP/reattach" 2>"$TEST_TMP/reattach.err"
 grep -q "ok" "$TEST_TMP/reattach" || fail "reattach did not report ok: $(cat "$TEST_TMP/reattach")"
-# The dead gateway's exclusive lock is broken at once (no wait for its watch
-# to time out).
-grep -q "breaking the exclusive lock of the dead gateway" "$TEST_TMP/reattach.err" ||
-  fail "reattach did not fence the dead gateway: $(cat "$TEST_TMP/reattach.err")"
+# The new gateway takes the dead one's exclusive lock over at once (same
+# node, same boot, its pid gone; no wait for its watch to time out).
+grep -q "taking over the exclusive lock of .*: its process $old on this node is gone" \
+  "$RUN_ROOT/rbd.$img/gateway.log" ||
+  fail "the new gateway did not take over the dead one's lock: $(cat "$RUN_ROOT/rbd.$img/gateway.log")"
 [ "$(gateway_pid)" != "$old" ] || fail "gateway pid unchanged after reattach"
 wait "$writer" || fail "the write in flight failed"
 [ -e "$TEST_TMP/writer-ok" ] || fail "the write in flight did not finish"

@@ -55,7 +55,8 @@ pass "a clone with its parent's data and a copied marker is refused"
 new_image one 128M
 cli map "rbd/$one" --conf "$CEPH_CONF" --volume-id va --mount "$mntA" --attach userspace >/dev/null
 expect_status 4 cli map "rbd/$one" --conf "$CEPH_CONF" --volume-id vb --mount "$mntB" --attach userspace
-grep -q "in use by another client" "$TEST_TMP/err" || fail "second writer: $(cat "$TEST_TMP/err")"
+grep -Eq "in use by another client|is in use: its exclusive lock is held by" "$TEST_TMP/err" ||
+  fail "second writer: $(cat "$TEST_TMP/err")"
 findmnt -n "$mntB" >/dev/null && fail "the second map mounted $mntB"
 [ -e "$RUN_ROOT/vb" ] && fail "the refused map left its run dir"
 cli unmap va

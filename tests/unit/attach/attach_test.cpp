@@ -137,8 +137,25 @@ TEST(GatewayArgv, PlainVolumeWithKeyring) {
   const std::vector<std::string> want = {
       "nbdkit", "--foreground", "--log=stderr", "--unix", "/run/rbdgw/v/nbd.sock", "--pidfile",
       "/run/rbdgw/v/nbdkit.pid", "/x/nbdkit-rbd-plugin.so", "image=rbd/ns/img",
-      "durable-writes=true", "conf=/etc/ceph/ceph.conf", "id=csi", "keyring=/etc/ceph/keyring"};
+      "durable-writes=true", "exclusive=true", "conf=/etc/ceph/ceph.conf", "id=csi",
+      "keyring=/etc/ceph/keyring"};
   EXPECT_EQ(v, want);
+}
+
+TEST(GatewayArgv, ReadWriteHoldsTheLockNamingTheNodeReadOnlyTakesNone) {
+  Tools t;
+  GatewayArgs a;
+  a.socket = "s";
+  a.pidfile = "p";
+  a.image = "rbd/img";
+  a.node = "worker-1";
+  auto v = gateway_argv(t, a);
+  EXPECT_TRUE(contains(v, "exclusive=true"));
+  EXPECT_TRUE(contains(v, "node=worker-1"));
+  a.read_only = true;
+  v = gateway_argv(t, a);
+  EXPECT_FALSE(contains(v, "exclusive=true"));
+  EXPECT_FALSE(contains(v, "node=worker-1"));
 }
 
 TEST(GatewayArgv, SecretsOnlyAsDescriptorsAndTheFilterBeforeThePlugin) {
@@ -204,6 +221,7 @@ Stash sample_stash() {
   s.gateway_log = s.run_dir + "/gateway.log";
   s.gateway = {1234, 987654};
   s.gateway_client = "127.0.0.1:0/988358452";
+  s.node = "worker-1";
   s.fuse = {1235, 987655};
   s.fuse_file = s.run_dir + "/disk";
   s.loop_device = "/dev/loop7";
