@@ -1,10 +1,14 @@
 #include "csi/controller.hpp"
 
 #include <rados/librados.h>
+#include <rbd/librbd.h>
+
+#include <cstring>
 
 #include "common/error.hpp"
 #include "common/log.hpp"
 #include "csi/encryption.hpp"
+#include "rbd/exclusive_lock.hpp"
 
 namespace rbdgw::csi {
 
@@ -25,13 +29,117 @@ std::string pool_name(const rbd::Cluster& c, std::int64_t pool_id) {
 }
 
 // The image if it exists, else nothing.
-std::optional<rbd::Image> open_if_exists(const rbd::IoCtx& io, const std::string& name) {
+std::optional<rbd::Image> open_if_exists(const rbd::IoCtx& io, const std::string& name,
+                                         rbd::Image::Mode mode = rbd::Image::Mode::read_write) {
   try {
-    return rbd::Image::open(io, name);
+    return rbd::Image::open(io, name, {}, mode);
   } catch (const Error& e) {
     if (e.code() == ENOENT) return std::nullopt;
     throw;
   }
+}
+
+// Addresses of the clients other than this one watching the image (a
+// gateway on any node, rbd map, rbd-nbd, a VM).
+std::vector<std::string> other_watchers(const rbd::IoCtx& io, const rbd::Image& img) {
+  const auto self =
+      static_cast<std::int64_t>(rados_get_instance_id(rados_ioctx_get_cluster(io.handle())));
+  std::vector<rbd_image_watcher_t> w(8);
+  std::size_t n = w.size();
+  int r = rbd_watchers_list(img.handle(), w.data(), &n);
+  if (r == -ERANGE) {
+    w.resize(n);
+    r = rbd_watchers_list(img.handle(), w.data(), &n);
+  }
+  check(r, "rbd_watchers_list", img.spec());
+  std::vector<std::string> others;
+  for (std::size_t i = 0; i < n; ++i)
+    if (w[i].id != self) others.emplace_back(w[i].addr);
+  rbd_watchers_list_cleanup(w.data(), n);
+  return others;
+}
+
+// "; image rbd/x is in use: its exclusive lock is held by ... on node N ..."
+// when someone holds the exclusive lock, else "".
+std::string lock_note(const rbd::Image& img) {
+  try {
+    if (auto o = rbd::lock_owner(img)) return cat("; ", rbd::in_use_message(img, *o));
+  } catch (const Error&) {
+    // No exclusive-lock feature: the watchers say enough.
+  }
+  return {};
+}
+
+// Throws Error(EBUSY) naming the watchers (and the lock's holder and its
+// node) when another client has the image open.
+void refuse_if_watched(const rbd::IoCtx& io, const rbd::Image& img, const VolumeId& id,
+                       const std::string& outcome) {
+  const std::vector<std::string> w = other_watchers(io, img);
+  if (w.empty()) return;
+  std::string list;
+  for (const auto& a : w) list += (list.empty() ? "" : ", ") + a;
+  throw Error(EBUSY, cat("volume '", id.str(), "' (image ", img.spec(), ") is in use: watched by ",
+                         list, lock_note(img), "; unstage it on its node first (", outcome, ")"));
+}
+
+// Trash entries (ids) moved there by a user (us) under the image's name.
+std::vector<std::string> trashed_ids(const rbd::IoCtx& io, const std::string& name) {
+  std::vector<rbd_trash_image_info_t> e(32);
+  std::size_t n = e.size();
+  int r;
+  while ((r = rbd_trash_list(io.handle(), e.data(), &n)) == -ERANGE) e.resize(n);
+  check(r, "rbd_trash_list", io.str());
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < n; ++i)
+    if (name == e[i].name && e[i].source == RBD_TRASH_IMAGE_SOURCE_USER) out.emplace_back(e[i].id);
+  rbd_trash_list_cleanup(e.data(), n);
+  return out;
+}
+
+// Puts a trashed image back under its name (a delete that must not happen).
+void restore_from_trash(const rbd::IoCtx& io, const std::string& trash_id, const std::string& name) {
+  const int r = rbd_trash_restore(io.handle(), trash_id.c_str(), name.c_str());
+  if (r < 0)
+    log::error("DeleteVolume: cannot restore ", io.str(), "/", name, " (trash id ", trash_id,
+               ") from the trash: ", std::strerror(-r), "; restore it by hand: rbd trash restore ",
+               io.str(), "/", trash_id);
+  else
+    log::info("DeleteVolume: restored ", io.str(), "/", name, " from the trash");
+}
+
+// Steps 3 and 4 of remove() for one trash entry of the volume.
+void finish_trashed(const rbd::IoCtx& io, const std::string& trash_id, const std::string& name,
+                    const VolumeId& id, const StringMap& secrets) {
+  const std::string what = cat(io.str(), "/", name, " (in the trash)");
+  std::optional<rbd::Image> img;
+  try {
+    img.emplace(rbd::Image::open_by_id(io, trash_id, what, rbd::Image::Mode::read_only));
+  } catch (const Error& e) {
+    if (e.code() == ENOENT) return;  // removed meanwhile
+    throw;
+  }
+  try {
+    refuse_if_watched(io, *img, id, "it was put back; nothing was deleted");
+  } catch (const Error&) {
+    img->close();
+    restore_from_trash(io, trash_id, name);
+    throw;
+  }
+  // The key, where it lives outside the image (never the image's own
+  // metadata: a restore must find the volume as it was).
+  if (auto kms = img->get_meta(kMetaKmsId)) remove_encryption(*img, id, *kms, secrets);
+  img->close();
+  const int r = rbd_trash_remove(io.handle(), trash_id.c_str(), false);
+  if (r == -ENOENT) return;
+  if (r == -EBUSY || r == -ENOTEMPTY) {
+    restore_from_trash(io, trash_id, name);
+    throw Error(r == -EBUSY ? EBUSY : ENOTEMPTY,
+                cat("volume '", id.str(), "' (image ", io.str(), "/", name, "): rbd_trash_remove: ",
+                    r == -EBUSY ? "the image is in use" : "the image has snapshots",
+                    "; it was put back"));
+  }
+  check(r, "rbd_trash_remove", what);
+  log::info("DeleteVolume: removed ", io.str(), "/", name, " (trash id ", trash_id, ")");
 }
 
 StringMap volume_context(const VolumeParams& p, const std::string& image) {
@@ -112,12 +220,73 @@ void Controller::remove(const VolumeId& id, const StringMap& secrets) {
     log::info("DeleteVolume: ", e.what(), ": nothing to delete");
     return;
   }
-  if (auto image = open_if_exists(loc->io, loc->image)) {
-    if (auto kms = image->get_meta(kMetaKmsId)) remove_encryption(*image, id, *kms, secrets);
+  // 1. Use first: nothing is touched while anyone has it open.
+  if (auto image = open_if_exists(loc->io, loc->image, rbd::Image::Mode::read_only)) {
+    refuse_if_watched(loc->io, *image, id, "nothing was deleted");
+    if (!image->list_snaps().empty())
+      throw Error(ENOTEMPTY, cat("volume '", id.str(), "' (image ", image->spec(),
+                                 ") has snapshots; nothing was deleted"));
     image->close();
+    // 2. Out of reach by name, data and key still there.
+    const int r = rbd_trash_move(loc->io.handle(), loc->image.c_str(), 0);
+    if (r == -EBUSY)
+      throw Error(EBUSY, cat("volume '", id.str(), "' (image ", loc->io.str(), "/", loc->image,
+                             "): rbd_trash_move: the image is in use; nothing was deleted"));
+    if (r != -ENOENT) check(r, "rbd_trash_move", cat(loc->io.str(), "/", loc->image));
   }
-  if (rbd::remove_image(loc->io, loc->image))
-    log::info("DeleteVolume: removed ", loc->io.str(), "/", loc->image);
+  // 3 and 4, also for what an interrupted delete left in the trash.
+  for (const auto& trash_id : trashed_ids(loc->io, loc->image))
+    finish_trashed(loc->io, trash_id, loc->image, id, secrets);
+}
+
+void Controller::publish(const VolumeId& id, const std::string& node, bool read_only,
+                         const StringMap& secrets) {
+  VolumeLocation loc = locate(id, secrets);
+  rbd::Image image = rbd::Image::open(loc.io, loc.image, {}, rbd::Image::Mode::read_only);
+  if (read_only) return;  // readers take no lock
+  std::optional<rbd::LockOwner> owner;
+  try {
+    owner = rbd::lock_owner(image);
+  } catch (const Error& e) {
+    if (e.code() != EINVAL) throw;
+    log::warn("ControllerPublishVolume: ", e.what(), ": cannot check for another writer");
+    return;
+  }
+  if (!owner || (owner->holder && owner->holder->node == node)) return;
+  throw Error(EBUSY, cat("volume '", id.str(), "' cannot be published read-write to node '", node,
+                         "': ", rbd::in_use_message(image, *owner)));
+}
+
+void Controller::unpublish(const VolumeId& id, const std::string& node, const StringMap& secrets) {
+  std::optional<VolumeLocation> loc;
+  try {
+    loc.emplace(locate(id, secrets));
+  } catch (const Error& e) {
+    if (e.code() != ENOENT) throw;
+    log::info("ControllerUnpublishVolume: ", e.what(), ": nothing to unpublish");
+    return;
+  }
+  auto image = open_if_exists(loc->io, loc->image);
+  if (!image) return;
+  std::optional<rbd::LockOwner> owner;
+  try {
+    owner = rbd::lock_owner(*image);
+  } catch (const Error& e) {
+    if (e.code() != EINVAL) throw;
+    return;  // no exclusive lock, nothing we could fence
+  }
+  if (!owner) return;
+  if (!owner->holder) {
+    log::warn("ControllerUnpublishVolume: ", id.str(), ": ", rbd::in_use_message(*image, *owner),
+              "; not ours to fence");
+    return;
+  }
+  if (!node.empty() && owner->holder->node != node) return;  // another node's writer
+  log::warn("ControllerUnpublishVolume: ", id.str(), " detached from node '",
+            owner->holder->node, "': fencing its gateway ", owner->client, " (pid ",
+            owner->holder->pid, " since ", owner->holder->since,
+            "): breaking its exclusive lock, librbd blocklists it");
+  rbd::break_lock(*image, owner->client);
 }
 
 std::uint64_t Controller::expand(const VolumeId& id, std::int64_t required_bytes,

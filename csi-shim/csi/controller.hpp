@@ -50,9 +50,43 @@ class Controller {
                        std::int64_t required_bytes, std::int64_t limit_bytes,
                        const StringMap& secrets);
 
-  // Removes the image (and its DEK). A volume that no longer exists (image,
-  // pool or cluster entry gone) is success. EBUSY while it is attached.
+  // DeleteVolume, in an order that makes a refused delete change nothing
+  // and a retried one finish:
+  //  1. use first: another client watching the image (a gateway on any
+  //     node, rbd map, a VM) or snapshots -> Error(EBUSY / ENOTEMPTY), naming
+  //     the watchers and the node of the rbdgw gateway holding it; nothing
+  //     has been touched;
+  //  2. the image goes to the RBD trash (atomic: from now on no stage finds
+  //     it by name);
+  //  3. the key: the DEK where the KMS keeps it outside the image (an
+  //     integrated DEK store; the metadata store and the default KMS keep
+  //     nothing outside the image, their key goes with it);
+  //  4. the trashed image is removed for good.
+  // A delete interrupted after step 2 leaves a trash entry with the image's
+  // name (the DEK and the KMS ID still in its metadata): the retry finds it
+  // and does steps 3 and 4. A client that opened the image just before step
+  // 2 is found in step 3/4: the image is restored under its name and the
+  // delete refused (EBUSY). A volume that no longer exists (image, pool or
+  // cluster entry gone) is success.
   void remove(const VolumeId& id, const StringMap& secrets);
+
+  // ControllerPublishVolume (attachRequired: true): the volume must exist
+  // (ENOENT); a read-write publish is refused with Error(EBUSY) naming the
+  // node when the image's exclusive lock is held by an rbdgw gateway on
+  // another node (or by a client that is not an rbdgw gateway). Read-only
+  // publishes take no lock and are not checked. Changes nothing.
+  void publish(const VolumeId& id, const std::string& node, bool read_only,
+               const StringMap& secrets);
+
+  // ControllerUnpublishVolume: Kubernetes detaches the volume from `node`
+  // after NodeUnstageVolume succeeded, or after it declared the node gone
+  // (force detach, out-of-service taint). If an rbdgw gateway whose holder
+  // record names that node (any node when node is empty) still holds the
+  // exclusive lock, its lock is broken: librbd blocklists that client, so
+  // it can never write again, and another node can stage. A lock held by a
+  // gateway of another node or by a client without a record is left alone.
+  // A volume that no longer exists is success.
+  void unpublish(const VolumeId& id, const std::string& node, const StringMap& secrets);
 
   // Grows the image to the MiB-rounded size for the range (never shrinks);
   // returns the size after. ENOENT for a missing volume, ERANGE for a bad range.

@@ -43,6 +43,39 @@ grpc::Status ControllerServer::DeleteVolume(grpc::ServerContext*,
   });
 }
 
+// attachRequired: true. Publish checks that no gateway of another node
+// holds the volume for writing (FAILED_PRECONDITION naming it, as the spec
+// asks for a volume published elsewhere); the publish context is empty.
+grpc::Status ControllerServer::ControllerPublishVolume(grpc::ServerContext*,
+                                                       const v1::ControllerPublishVolumeRequest* req,
+                                                       v1::ControllerPublishVolumeResponse*) {
+  return guard("ControllerPublishVolume", [&] {
+    require(!req->volume_id().empty(), "volume_id", "missing");
+    require(!req->node_id().empty(), "node_id", "missing");
+    require(req->has_volume_capability(), "volume_capability", "missing");
+    const Capability cap = parse_capability(req->volume_capability(), "volume_capability");
+    const VolumeId id = VolumeId::parse(req->volume_id());
+    Secrets secrets(req->secrets());
+    auto lock = locks_.try_acquire(req->volume_id());
+    controller_.publish(id, req->node_id(), cap.read_only || req->readonly(), secrets.map);
+  });
+}
+
+// Called once NodeUnstageVolume succeeded on the node, or once Kubernetes
+// declared the node gone: fences a gateway of that node still holding the
+// volume (Controller::unpublish).
+grpc::Status ControllerServer::ControllerUnpublishVolume(
+    grpc::ServerContext*, const v1::ControllerUnpublishVolumeRequest* req,
+    v1::ControllerUnpublishVolumeResponse*) {
+  return guard("ControllerUnpublishVolume", [&] {
+    require(!req->volume_id().empty(), "volume_id", "missing");
+    const VolumeId id = VolumeId::parse(req->volume_id());
+    Secrets secrets(req->secrets());
+    auto lock = locks_.try_acquire(req->volume_id());
+    controller_.unpublish(id, req->node_id(), secrets.map);
+  });
+}
+
 grpc::Status ControllerServer::ValidateVolumeCapabilities(
     grpc::ServerContext*, const v1::ValidateVolumeCapabilitiesRequest* req,
     v1::ValidateVolumeCapabilitiesResponse* resp) {
@@ -68,6 +101,7 @@ grpc::Status ControllerServer::ControllerGetCapabilities(
     v1::ControllerGetCapabilitiesResponse* resp) {
   return guard("ControllerGetCapabilities", [&] {
     for (auto t : {v1::ControllerServiceCapability::RPC::CREATE_DELETE_VOLUME,
+                   v1::ControllerServiceCapability::RPC::PUBLISH_UNPUBLISH_VOLUME,
                    v1::ControllerServiceCapability::RPC::EXPAND_VOLUME})
       resp->add_capabilities()->mutable_rpc()->set_type(t);
   });

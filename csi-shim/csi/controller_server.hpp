@@ -19,6 +19,12 @@ class ControllerServer final : public ::csi::v1::Controller::Service {
                             ::csi::v1::CreateVolumeResponse*) override;
   grpc::Status DeleteVolume(grpc::ServerContext*, const ::csi::v1::DeleteVolumeRequest*,
                             ::csi::v1::DeleteVolumeResponse*) override;
+  grpc::Status ControllerPublishVolume(grpc::ServerContext*,
+                                       const ::csi::v1::ControllerPublishVolumeRequest*,
+                                       ::csi::v1::ControllerPublishVolumeResponse*) override;
+  grpc::Status ControllerUnpublishVolume(grpc::ServerContext*,
+                                         const ::csi::v1::ControllerUnpublishVolumeRequest*,
+                                         ::csi::v1::ControllerUnpublishVolumeResponse*) override;
   grpc::Status ValidateVolumeCapabilities(
       grpc::ServerContext*, const ::csi::v1::ValidateVolumeCapabilitiesRequest*,
       ::csi::v1::ValidateVolumeCapabilitiesResponse*) override;

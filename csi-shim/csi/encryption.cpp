@@ -54,14 +54,22 @@ SecretBuffer volume_passphrase(rbd::Image& image, const VolumeId& id, const std:
   return ve.passphrase();
 }
 
-void remove_encryption(rbd::Image& image, const VolumeId& id, const std::string& kms_id,
+void remove_encryption(rbd::Image& /*image*/, const VolumeId& id, const std::string& kms_id,
                        const StringMap& secrets) {
-  // The default KMS stores nothing and the metadata KMS stores the DEK in
-  // the image's metadata, which goes with the image: without the KMS secret
-  // there is nothing else to remove.
+  // DeleteVolume calls this on the image in the trash, after it made sure
+  // nobody uses it and before it removes it for good, so that a delete put
+  // back (restored) finds the volume as it was: only a key kept OUTSIDE
+  // the image is removed. The metadata KMS keeps the wrapped DEK and the
+  // state in the image's metadata, which goes with the image; the default
+  // KMS keeps nothing. An integrated DEK store (a KMS that keeps DEKs
+  // itself) forgets the volume's DEK here. Without the KMS secret the
+  // default KMS cannot even be built, and it stores nothing: done.
   if (!secrets.count(kms::passphrase_secret_key)) return;
-  kms::VolumeEncryption ve(g_config.build(kms_id, secrets), image, id.str());
-  ve.remove_dek();
+  auto k = g_config.build(kms_id, secrets);
+  if (k->requires_dek_store() != kms::DEKStoreType::integrated) return;  // in the image
+  kms::DEKStore* store = k->integrated_store();
+  if (!store) return;
+  store->remove_dek(id.str());
 }
 
 }  // namespace rbdgw::csi

@@ -41,7 +41,9 @@ void prepare_encryption(rbd::Image& image, const VolumeId& id, const std::string
 SecretBuffer volume_passphrase(rbd::Image& image, const VolumeId& id, const std::string& kms_id,
                                const StringMap& secrets);
 
-// Removes the volume's DEK (a missing one is success).
+// Removes the volume's DEK where the KMS keeps it outside the image (an
+// integrated DEK store); never touches the image's own metadata (a DEK
+// there goes with the image). A missing one is success.
 void remove_encryption(rbd::Image& image, const VolumeId& id, const std::string& kms_id,
                        const StringMap& secrets);
 

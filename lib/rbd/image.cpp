@@ -109,6 +109,16 @@ Image Image::open(const IoCtx& io, const std::string& name, const std::string& s
   return Image(io.shared_handle(), h, std::move(spec), ro);
 }
 
+Image Image::open_by_id(const IoCtx& io, const std::string& id, const std::string& what, Mode mode) {
+  const bool ro = mode == Mode::read_only;
+  rbd_image_t h = nullptr;
+  int r = ro ? rbd_open_by_id_read_only(io.handle(), id.c_str(), &h, nullptr)
+             : rbd_open_by_id(io.handle(), id.c_str(), &h, nullptr);
+  if (r == -ENOENT) throw Error(ENOENT, cat("image ", what, " (id ", id, ") does not exist"));
+  check(r, ro ? "rbd_open_by_id_read_only" : "rbd_open_by_id", cat(what, " (id ", id, ")"));
+  return Image(io.shared_handle(), h, what, ro);
+}
+
 Image Image::open(const Cluster& c, const ImageSpec& spec, Mode mode) {
   IoCtx io = c.open_ioctx(spec.pool, spec.ns);
   return open(io, spec.image, spec.snap, mode);

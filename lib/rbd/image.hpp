@@ -57,6 +57,10 @@ class Image {
   static Image open(const IoCtx& io, const std::string& name, const std::string& snap = {},
                     Mode mode = Mode::read_write);
   static Image open(const Cluster& c, const ImageSpec& spec, Mode mode = Mode::read_write);
+  // Opens by image id (also an image in the trash, which has no name entry).
+  // what names it in messages. Throws Error(ENOENT) when it does not exist.
+  static Image open_by_id(const IoCtx& io, const std::string& id, const std::string& what,
+                          Mode mode = Mode::read_write);
 
   Image(Image&& o) noexcept;
   Image& operator=(Image&& o) noexcept;
