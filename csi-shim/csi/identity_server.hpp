@@ -1,6 +1,11 @@
 // CSI Identity service: plugin info, capabilities (controller service,
-// online expansion), and Probe, which is ready when at least one monitor of
-// every configured cluster accepts a TCP connection (no credentials needed).
+// online expansion), and Probe, which reports the plugin's own health at
+// once: it serves (this answer), its configuration loaded (at start, or it
+// would not serve), its state dir is a writable directory. No monitor is
+// contacted: the livenessprobe sidecar gives Probe 1 s and restarts the
+// container after a few failures, and a cluster that is down is not cured
+// by a restart of the plugin (a restart used to take the node's gateways
+// with it). Cluster trouble shows where it happens: in the failing call.
 //
 // Thread safety: handlers may run concurrently; the service is immutable.
 #pragma once
@@ -12,15 +17,11 @@
 
 namespace rbdgw::csi {
 
-// True if a TCP connection to a monitor address ("host:port",
-// "v2:host:port", "[v2:h:p,v1:h:p]", "[::1]:6789", bare host = port 6789)
-// succeeds within timeout_ms; an address list succeeds if any entry does.
-bool monitor_reachable(const std::string& addresses, int timeout_ms);
-
 class IdentityServer final : public ::csi::v1::Identity::Service {
  public:
-  IdentityServer(std::string driver_name, const ClusterConfig& clusters)
-      : name_(std::move(driver_name)), clusters_(clusters) {}
+  // state_dir: the plugin's --state-dir (Probe checks it); empty: not checked.
+  IdentityServer(std::string driver_name, const ClusterConfig& clusters, std::string state_dir = {})
+      : name_(std::move(driver_name)), clusters_(clusters), state_dir_(std::move(state_dir)) {}
 
   grpc::Status GetPluginInfo(grpc::ServerContext*, const ::csi::v1::GetPluginInfoRequest*,
                              ::csi::v1::GetPluginInfoResponse*) override;
@@ -33,6 +34,7 @@ class IdentityServer final : public ::csi::v1::Identity::Service {
  private:
   std::string name_;
   const ClusterConfig& clusters_;
+  std::string state_dir_;
 };
 
 }  // namespace rbdgw::csi

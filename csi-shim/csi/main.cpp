@@ -50,7 +50,7 @@ static int run(const Options& opt) {
   Node node(controller, locks, opt);
   node.readopt_all();
 
-  IdentityServer identity(opt.driver_name, controller.clusters());
+  IdentityServer identity(opt.driver_name, controller.clusters(), opt.state_dir);
   ControllerServer controller_server(controller, locks);
   NodeServer node_server(node);
 

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "attach/process.hpp"
 #include "common/error.hpp"
 
 namespace rbdgw::csi {
@@ -56,6 +57,36 @@ void bind_mount(const std::string& source, const std::string& target, bool read_
     ::umount2(target.c_str(), 0);
     throw Error(err, cat("remount read-only ", target, ": ", std::strerror(err)));
   }
+}
+
+std::string read_only_loop(const std::string& device) {
+  const attach::CommandResult r =
+      attach::run_command({"losetup", "--find", "--show", "--read-only", device});
+  std::string loop = r.out.substr(0, r.out.find('\n'));
+  if (r.status != 0 || loop.rfind("/dev/loop", 0) != 0) {
+    std::string why = r.err;
+    while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
+    throw Error(EIO, cat("read-only block publish: losetup --read-only ", device, ": ",
+                         why.empty() ? "failed" : why, "; refusing a read-only publish that could write"));
+  }
+  std::ifstream ro("/sys/block/" + loop.substr(5) + "/ro");
+  int flag = 0;
+  if (!(ro >> flag) || flag != 1) {
+    attach::run_command({"losetup", "--detach", loop});
+    throw Error(EIO, cat("read-only block publish: ", loop, " on ", device, " is not read-only; "
+                         "refusing a read-only publish that could write"));
+  }
+  return loop;
+}
+
+bool detach_loop_if(const std::string& loop, const std::string& backing) {
+  if (loop.rfind("/dev/loop", 0) != 0) return false;
+  std::ifstream f("/sys/block/" + loop.substr(5) + "/loop/backing_file");
+  std::string b;
+  if (!std::getline(f, b) || b != backing) return false;
+  const attach::CommandResult r = attach::run_command({"losetup", "--detach", loop});
+  if (r.status != 0) throw Error(EIO, cat("losetup --detach ", loop, ": ", r.err));
+  return true;
 }
 
 void unmount(const std::string& target) {

@@ -18,4 +18,14 @@ void bind_mount(const std::string& source, const std::string& target, bool read_
 // Unmounts target; EBUSY (in use) is thrown as Error(EBUSY).
 void unmount(const std::string& target);
 
+// A read-only loop device of its own over the block device `device`
+// (losetup --read-only: the kernel refuses to open it for writing and fails
+// writes with EPERM), for a read-only raw-block publish of a device that is
+// writable. Returns "/dev/loopN". Throws Error naming the device and the
+// cause when none can be set up.
+std::string read_only_loop(const std::string& device);
+// Detaches loop when it is a loop device backed by `backing` (a loop still
+// open goes when let go); returns false, doing nothing, when it is not.
+bool detach_loop_if(const std::string& loop, const std::string& backing);
+
 }  // namespace rbdgw::csi

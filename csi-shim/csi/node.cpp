@@ -5,7 +5,10 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <optional>
 
 #include "common/error.hpp"
 #include "common/log.hpp"
@@ -28,6 +31,32 @@ std::string host_name() {
   return buf;
 }
 
+// The record of a read-only block publish's own loop device:
+// <state dir>/published/<hash of the target>, three lines: target, loop
+// device, the staged device it is on.
+struct PublishRecord {
+  std::string target, loop, backing;
+};
+
+void save_publish_record(const std::string& path, const PublishRecord& r) {
+  fs::create_directories(fs::path(path).parent_path());
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << r.target << "\n" << r.loop << "\n" << r.backing << "\n";
+    if (!f.flush()) throw Error(EIO, cat("write ", tmp, ": failed"));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) throw_errno("rename", tmp, errno);
+}
+
+std::optional<PublishRecord> load_publish_record(const std::string& path) {
+  std::ifstream f(path);
+  PublishRecord r;
+  if (!f || !std::getline(f, r.target) || !std::getline(f, r.loop) || !std::getline(f, r.backing))
+    return std::nullopt;
+  return r;
+}
+
 std::string value_or(const StringMap& m, const std::string& key, const std::string& def = {}) {
   auto it = m.find(key);
   return it == m.end() ? def : it->second;
@@ -45,6 +74,12 @@ Node::Node(const Controller& controller, VolumeLocks& locks, const Options& opt)
 
 std::string Node::index_link(const VolumeId& id) const {
   return cat(state_dir_, "/volumes/", id.str());
+}
+
+std::string Node::publish_record(const std::string& target) const {
+  char name[32];
+  std::snprintf(name, sizeof name, "%016zx", std::hash<std::string>{}(target));
+  return cat(state_dir_, "/published/", name);
 }
 
 std::optional<std::string> Node::indexed_stash(const VolumeId& id) const {
@@ -73,6 +108,10 @@ attach::Stash Node::staged_stash(const VolumeId& id, const std::string& staging)
   if (!have || *have != want || !fs::exists(want))
     throw Error(EBUSY, cat("volume '", id.str(), "' is not staged at '", staging, "'"));
   attach::Stash s = attach::load_stash(want);
+  // Its device number may be someone else's since the reboot.
+  if (const std::string why = attach::stale_reason(s); !why.empty())
+    throw Error(EBUSY, cat("volume '", id.str(), "' is not staged at '", staging, "': its stash is ",
+                           why, "; NodeStageVolume stages it afresh"));
   if (!s.complete || s.volume_id != id.str())
     throw Error(EBUSY, cat("volume '", id.str(), "' is not completely staged at '", staging, "'"));
   return s;
@@ -90,7 +129,7 @@ void Node::stage(const VolumeId& id, const std::string& staging, const Capabilit
     attach::Stash s = attach::load_stash(stash);
     if (s.volume_id != id.str())
       throw Error(EBUSY, cat("staging_target_path '", staging, "' holds volume '", s.volume_id, "'"));
-    if (s.complete && (s.block != cap.block || s.read_only != cap.read_only ||
+    if (s.complete && attach::stale_reason(s).empty() && (s.block != cap.block || s.read_only != cap.read_only ||
                        (!cap.block && s.fstype != cap.fs_type)))
       throw Error(EEXIST, cat("volume '", id.str(), "' is staged at '", staging,
                               "' with another capability (",
@@ -184,7 +223,24 @@ void Node::publish(const VolumeId& id, const std::string& staging, const std::st
     int fd = ::open(target.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
     if (fd < 0) throw_errno("create", target, errno);
     ::close(fd);
-    bind_mount(s.device, target, ro);
+    if (ro && !s.read_only) {
+      // A read-only bind mount of a device node does not stop writes to
+      // the device: a read-only publish of a writable staged device gets a
+      // read-only loop device of its own, recorded (before it is exposed)
+      // so that NodeUnpublishVolume detaches it.
+      const std::string loop = read_only_loop(s.device);
+      try {
+        save_publish_record(publish_record(target), {target, loop, s.device});
+        bind_mount(loop, target, true);
+      } catch (...) {
+        detach_loop_if(loop, s.device);
+        std::error_code ec;
+        fs::remove(publish_record(target), ec);
+        throw;
+      }
+    } else {
+      bind_mount(s.device, target, ro);
+    }
   } else {
     fs::create_directories(target);
     bind_mount(staging, target, ro);
@@ -195,6 +251,15 @@ void Node::publish(const VolumeId& id, const std::string& staging, const std::st
 void Node::unpublish(const VolumeId& id, const std::string& target) {
   if (is_mount_point(target)) unmount(target);
   std::error_code ec;
+  // A read-only block publish's own loop device (checked against its
+  // backing device before it is detached).
+  const std::string record = publish_record(target);
+  if (const auto r = load_publish_record(record); r && r->target == target) {
+    if (!detach_loop_if(r->loop, r->backing))
+      log::warn("NodeUnpublishVolume: ", id.str(), ": ", r->loop, " is no longer a loop device on ",
+                r->backing, ": left alone");
+  }
+  fs::remove(record, ec);
   fs::remove(target, ec);  // an empty directory or the block target file
   log::info("NodeUnpublishVolume: ", id.str(), " from ", target);
 }
@@ -222,7 +287,10 @@ VolumeStats Node::stats(const VolumeId& id, const std::string& path) {
   out.condition = "healthy";
   if (auto stash = indexed_stash(id); stash && fs::exists(*stash)) {
     attach::VolumeStatus vs = attach::status(attach::load_stash(*stash));
-    if (!vs.healthy()) {
+    if (!vs.stale.empty()) {
+      out.abnormal = true;
+      out.condition = vs.stale;
+    } else if (!vs.healthy()) {
       out.abnormal = true;
       out.condition = cat("gateway ", vs.gateway_alive ? "up" : "down", ", exporter ",
                           vs.fuse_alive ? "up" : "down", ", ", vs.mounted ? "mounted" : "not mounted");
@@ -266,7 +334,11 @@ void Node::readopt_all() {
       attach::VolumeStatus vs = attach::readopt(stash, attach_options(stash));
       log::info("re-adopt: ", s.volume_id, vs.healthy() ? ": healthy" : ": NOT healthy");
     } catch (const Error& err) {
-      log::error("re-adopt: ", stash.string(), ": ", err.what());
+      if (err.code() == ESTALE)  // a reboot: nothing of it is up, nothing to repair
+        log::warn("re-adopt: ", stash.string(), ": ", err.what(), " (the next NodeStageVolume "
+                  "stages it afresh, NodeUnstageVolume forgets it)");
+      else
+        log::error("re-adopt: ", stash.string(), ": ", err.what());
     }
   }
 }

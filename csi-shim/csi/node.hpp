@@ -73,6 +73,8 @@ class Node {
   std::string index_link(const VolumeId& id) const;
   // The stash path the index records for the volume, if any.
   std::optional<std::string> indexed_stash(const VolumeId& id) const;
+  // Where a read-only block publish at target records its own loop device.
+  std::string publish_record(const std::string& target) const;
   // The complete stash for the volume, found by the index; EBUSY when none.
   attach::Stash staged_stash(const VolumeId& id, const std::string& staging) const;
   attach::AttachOptions attach_options(const std::string& stash) const;

@@ -17,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "attach/gateway_host.hpp"
 #include "common/error.hpp"
 
 extern char** environ;
@@ -90,14 +91,30 @@ ProcessRef spawn_detached(const std::vector<std::string>& argv, const std::strin
                           const std::vector<PassFd>& pass, const std::string& pid_file) {
   if (argv.empty()) throw Error(EINVAL, "spawn: empty command");
   const std::string exe = resolve(argv[0]);
-  auto args = c_argv(argv);
   Fd log(::open(log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
   if (log.fd < 0) throw_errno("open", log_path, errno);
-  Fd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  if (devnull.fd < 0) throw_errno("open", "/dev/null", errno);
   Fd pidf(pid_file.empty() ? -1
                            : ::open(pid_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!pid_file.empty() && pidf.fd < 0) throw_errno("open", pid_file, errno);
+  std::vector<std::string> envp;
+  for (char** e = environ; *e; ++e) envp.emplace_back(*e);
+  if (const std::string host = gateway_host_socket(); !host.empty())
+    return gateway_host_spawn(host, exe, argv, envp, log.fd, log_path, pidf.fd, pass);
+  char cwd[4096];
+  return spawn_detached_fds(exe, argv, envp, ::getcwd(cwd, sizeof cwd) ? cwd : "/", log.fd, log_path,
+                            pidf.fd, pass);
+}
+
+ProcessRef spawn_detached_fds(const std::string& exe, const std::vector<std::string>& argv,
+                              const std::vector<std::string>& envp, const std::string& cwd,
+                              int log_fd, const std::string& log_name, int pid_fd,
+                              const std::vector<PassFd>& pass) {
+  if (argv.empty()) throw Error(EINVAL, "spawn: empty command");
+  auto args = c_argv(argv);
+  auto env = c_argv(envp);
+  const std::string dir = cwd.empty() ? "/" : cwd;
+  Fd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (devnull.fd < 0) throw_errno("open", "/dev/null", errno);
   // Move passed fds out of the way of the target numbers.
   std::vector<std::unique_ptr<Fd>> high;
   for (const auto& p : pass) {
@@ -134,16 +151,17 @@ ProcessRef spawn_detached(const std::vector<std::string>& argv, const std::strin
       ::nanosleep(&pause, nullptr);
     }
     ::signal(SIGHUP, SIG_DFL);
-    if (pidf.fd >= 0) write_own_pid(pidf.fd);
+    if (pid_fd >= 0) write_own_pid(pid_fd);
+    if (::chdir(dir.c_str()) < 0) (void)::chdir("/");
     ::dup2(devnull.fd, 0);
-    ::dup2(log.fd, 1);
-    ::dup2(log.fd, 2);
+    ::dup2(log_fd, 1);
+    ::dup2(log_fd, 2);
     ::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
     for (size_t i = 0; i < pass.size(); ++i) ::dup2(high[i]->fd, pass[i].target);
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);
-    ::execve(exe.c_str(), args.data(), environ);
+    ::execve(exe.c_str(), args.data(), env.data());
     int e = errno;
     write_full(wr.fd, &e, sizeof e);
     ::_exit(127);
@@ -159,7 +177,7 @@ ProcessRef spawn_detached(const std::vector<std::string>& argv, const std::strin
   int exec_err = 0;
   if (read_full(rd.fd, &exec_err, sizeof exec_err)) throw_errno("execve", exe, exec_err);
   ref.start_time = process_start_time(ref.pid);
-  if (ref.start_time == 0) throw Error(ESRCH, cat(argv[0], ": exited at once; see ", log_path));
+  if (ref.start_time == 0) throw Error(ESRCH, cat(argv[0], ": exited at once; see ", log_name));
   return ref;
 }
 

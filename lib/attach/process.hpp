@@ -27,8 +27,23 @@ struct PassFd {
 // When pid_file is given, the daemon writes its pid there (0600) before it
 // executes argv, so it can be found (stray_process) even if the caller dies
 // before it learns the pid. Throws Error when the program cannot be started.
+// When $RBDGW_GATEWAY_HOST names a socket, the daemon is started by the
+// gateway host there (lib/attach/gateway_host.hpp), with this process's
+// environment and working directory, so that it lives in the host's cgroup
+// and container rather than the caller's; the caller still opens log_path
+// and pid_file. A host that does not answer is an error: the daemon is
+// never started here instead.
 ProcessRef spawn_detached(const std::vector<std::string>& argv, const std::string& log_path,
                           const std::vector<PassFd>& pass = {}, const std::string& pid_file = {});
+
+// The double fork of spawn_detached on open descriptors: exe (an absolute
+// path) with argv and envp, in cwd ("/" when empty or gone), stdout+stderr
+// on log_fd (log_name: its path, for messages), its pid written to pid_fd
+// (-1: none). What the gateway host runs for a request.
+ProcessRef spawn_detached_fds(const std::string& exe, const std::vector<std::string>& argv,
+                              const std::vector<std::string>& envp, const std::string& cwd,
+                              int log_fd, const std::string& log_name, int pid_fd,
+                              const std::vector<PassFd>& pass);
 
 // The live process named by pid_file whose command line mentions `marker`
 // (a path of its own, against pid reuse); pid 0 if there is none.
