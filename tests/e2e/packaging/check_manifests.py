@@ -462,6 +462,56 @@ def check_storageclass(sc, driver, objs, out_dir):
                         f"which has no 'encryptionPassphrase'")
 
 
+def check_gateway_host(ds):
+    """Where gateways live (docs/attach-paths.md): rbdgw-csi names a gateway
+    host (RBDGW_GATEWAY_HOST) that runs in a container of its own in the same
+    pod, on a socket both reach through the host's /run/rbdgw, with one PID
+    namespace and the FUSE mounts propagated both ways."""
+    w = ds["_where"]
+    spec = pod_spec(ds)
+    csi = one_container(ds, r"^rbdgw-csi$", "rbdgw-csi")
+    gh = one_container(ds, r"^gateway-host$", "gateway-host")
+    if csi is None or gh is None:
+        return
+    if not spec.get("shareProcessNamespace"):
+        err(f"{w}: no shareProcessNamespace: rbdgw-csi could not see or stop the gateways "
+            f"gateway-host starts")
+    if gh.get("image") != csi.get("image"):
+        err(f"{w}: gateway-host image '{gh.get('image')}' differs from rbdgw-csi's "
+            f"'{csi.get('image')}' (the daemons' paths come from rbdgw-csi)")
+    if not [a for a in gh.get("command", []) + gh.get("args", []) if "rbdgw-gateway-host" in a]:
+        err(f"{w}: gateway-host does not run rbdgw-gateway-host")
+    want = container_env(csi).get("RBDGW_GATEWAY_HOST")
+    gf, _ = flags(gh)
+    have = gf.get("socket", "/run/rbdgw/gateway-host.sock")
+    if not want:
+        err(f"{w}: rbdgw-csi has no RBDGW_GATEWAY_HOST: gateways would live in its container")
+    else:
+        a, b = mount_for(csi, want), mount_for(gh, have)
+        va = volume(spec, a[0]["name"]) if a else None
+        vb = volume(spec, b[0]["name"]) if b else None
+        ha = va and "hostPath" in va and posixpath.join(va["hostPath"]["path"], a[1])
+        hb = vb and "hostPath" in vb and posixpath.join(vb["hostPath"]["path"], b[1])
+        if not ha or ha != hb:
+            err(f"{w}: rbdgw-csi calls {want} (host {ha}), gateway-host serves {have} (host {hb})")
+    for c in (csi, gh):
+        m = mount_for(c, "/run/rbdgw/x/disk")
+        if not m or m[0]["mountPath"] != "/run/rbdgw" or m[0].get("mountPropagation") != "Bidirectional":
+            err(f"{w}: {c['name']}: /run/rbdgw is not a Bidirectional mount: the exporters' "
+                f"FUSE mounts would not reach rbdgw-csi")
+    m = mount_for(gh, "/dev/fuse")
+    v = volume(spec, m[0]["name"]) if m else None
+    if not v or v.get("hostPath", {}).get("path") != "/dev":
+        err(f"{w}: gateway-host does not mount the host's /dev (rbdgw-fuse needs /dev/fuse)")
+    if not gh.get("securityContext", {}).get("privileged"):
+        err(f"{w}: gateway-host is not privileged (FUSE mounts need it)")
+    if "livenessProbe" in gh:
+        err(f"{w}: gateway-host has a livenessProbe: a failed probe would restart it and kill "
+            f"every gateway of the node")
+    if gh.get("resources", {}).get("limits"):
+        err(f"{w}: gateway-host has resource limits: an OOM kill there stops every volume's I/O")
+
+
 def main():
     manifest_dir, out_dir, driver_default, version = sys.argv[1:5]
     objs = load(manifest_dir)
@@ -489,6 +539,7 @@ def main():
         return report()
     driver = drivers[0]["metadata"]["name"]
     check_node(dss[0], driver_default, driver, version, out_dir, objs)
+    check_gateway_host(dss[0])
     check_controller(deps[0], driver_default, driver, version, out_dir, objs, drivers[0], scs)
     check_rbac(objs, deps[0])
     for sc in scs:
