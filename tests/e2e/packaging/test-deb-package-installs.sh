@@ -51,10 +51,11 @@ plugindir=$(pkg-config --variable=plugindir nbdkit)
 filterdir=$(pkg-config --variable=filterdir nbdkit)
 dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|' >"$TEST_TMP/contents"
 for f in "$plugindir/nbdkit-rbd-plugin.so" "$filterdir/nbdkit-luks2-filter.so" \
-         /usr/sbin/rbdgw /usr/sbin/rbdgw-csi /usr/sbin/rbdgw-fuse \
+         /usr/sbin/rbdgw /usr/sbin/rbdgw-csi /usr/sbin/rbdgw-fuse /usr/sbin/rbdgw-gateway-host \
          /usr/share/man/man1/nbdkit-rbd-plugin.1 /usr/share/man/man1/nbdkit-luks2-filter.1 \
-         /usr/share/man/man8/rbdgw.8 /usr/share/man/man8/rbdgw-csi.8 \
+         /usr/share/man/man8/rbdgw.8 /usr/share/man/man8/rbdgw-csi.8 /usr/share/man/man8/rbdgw-gateway-host.8 \
          /lib/systemd/system/rbdgw-csi.service /lib/systemd/system/rbdgw@.service \
+         /lib/systemd/system/rbdgw-gateway-host.service \
          /etc/default/rbdgw-csi \
          /usr/share/doc/rbdgw/examples/kubernetes/storageclass.yaml \
          /usr/share/doc/rbdgw/examples/container/Containerfile; do
@@ -92,25 +93,29 @@ rc=0; "$root/usr/sbin/rbdgw-csi" --no-such-flag >/dev/null 2>"$TEST_TMP/csi-err"
   fail "rbdgw-csi with a bad flag: exit $rc, $(cat "$TEST_TMP/csi-err")"
 rc=0; "$root/usr/sbin/rbdgw-fuse" >/dev/null 2>"$TEST_TMP/fuse-err" || rc=$?
 [ "$rc" != 0 ] && grep -q 'usage: rbdgw-fuse' "$TEST_TMP/fuse-err" || fail "rbdgw-fuse without arguments: exit $rc"
-pass "rbdgw, rbdgw-csi and rbdgw-fuse run from the scratch root"
+"$root/usr/sbin/rbdgw-gateway-host" --help 2>&1 | grep -q '^usage: rbdgw-gateway-host' ||
+  fail "rbdgw-gateway-host --help: unexpected output"
+pass "rbdgw, rbdgw-csi, rbdgw-fuse and rbdgw-gateway-host run from the scratch root"
 
 # Nothing may refer to the build tree (RPATH/RUNPATH), and every shared
 # library must come from the system.
-for f in "$plugin" "$filter" "$root"/usr/sbin/rbdgw "$root"/usr/sbin/rbdgw-csi "$root"/usr/sbin/rbdgw-fuse; do
+for f in "$plugin" "$filter" "$root"/usr/sbin/rbdgw "$root"/usr/sbin/rbdgw-csi "$root"/usr/sbin/rbdgw-fuse \
+         "$root"/usr/sbin/rbdgw-gateway-host; do
   if readelf -d "$f" | grep -E 'R(UN)?PATH'; then fail "$f has an RPATH/RUNPATH"; fi
   if ldd "$f" | grep -q 'not found'; then ldd "$f" >&2; fail "$f: unresolved shared library"; fi
 done
 pass "no RPATH into the build tree; all shared libraries resolve"
 
 # Man pages render, units parse.
-for m in man1/nbdkit-rbd-plugin.1 man1/nbdkit-luks2-filter.1 man8/rbdgw.8 man8/rbdgw-csi.8; do
+for m in man1/nbdkit-rbd-plugin.1 man1/nbdkit-luks2-filter.1 man8/rbdgw.8 man8/rbdgw-csi.8 \
+         man8/rbdgw-gateway-host.8; do
   page=$root/usr/share/man/$m
   out_txt=$(MANWIDTH=80 man -l "$page" 2>/dev/null) || fail "man -l $m failed"
   grep -q '^NAME' <<<"$out_txt" && grep -q '^SYNOPSIS' <<<"$out_txt" || fail "$m lacks NAME/SYNOPSIS"
 done
-pass "the four man pages render"
+pass "the five man pages render"
 if command -v systemd-analyze >/dev/null; then
-  for u in rbdgw-csi.service rbdgw@.service; do
+  for u in rbdgw-csi.service rbdgw@.service rbdgw-gateway-host.service; do
     unit=$root/lib/systemd/system/$u
     [ "$u" = rbdgw@.service ] && { cp "$unit" "$TEST_TMP/rbdgw@vol1.service"; unit=$TEST_TMP/rbdgw@vol1.service; }
     # Unknown keys or bad syntax are reported; missing /usr/sbin binaries
