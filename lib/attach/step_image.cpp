@@ -1,6 +1,6 @@
 // Steps on the image itself: inspect (before anything starts) and
 // mark_encrypted (when everything else is done).
-#include <cstdlib>
+#include <random>
 
 #include "attach/steps.hpp"
 #include "kms/image_meta.hpp"
@@ -26,9 +26,11 @@ namespace {
 // guarantee; this check only makes the refusal early and clear.
 void refuse_other_writers(const Volume& v) {
   const std::string node = node_name(v);
+  std::mt19937 rng{std::random_device{}()};  // two stages must not wait in step
+  std::uniform_int_distribution<int> pause_ms(150, 600);
   std::vector<std::string> others;
   for (int round = 0; round < 8; ++round) {
-    if (round > 0) std::this_thread::sleep_for(std::chrono::milliseconds(150 + std::rand() % 450));
+    if (round > 0) std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms(rng)));
     auto cluster = rbd::Cluster::connect(v.cluster);
     auto img = rbd::Image::open(cluster, v.image);
     const auto owner = rbd::check_available(img, node);  // throws EBUSY for a live writer

@@ -75,7 +75,8 @@ struct LockOwner {
 // The owner of the image's exclusive lock; nullopt when nobody holds it.
 // On a read-write handle from librbd (rbd_lock_get_owners; throws
 // Error(EINVAL) for an image without the exclusive-lock feature), on a
-// read-only one from the lock's entry on the header (rbd_list_lockers).
+// read-only one from the lock's entry on the header (rbd_list_lockers), as
+// of the handle's last refresh: open a fresh handle to ask again.
 std::optional<LockOwner> lock_owner(const Image& img);
 
 // Whether the owner is provably dead as seen from `node` (see the take-over

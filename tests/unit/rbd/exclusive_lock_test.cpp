@@ -208,6 +208,19 @@ TEST_F(ExclusiveLock, ImageWithoutTheFeatureIsRefused) {
   remove_image(*io_, plain);
 }
 
+TEST_F(ExclusiveLock, ReadOnlyHandleSeesTheWriterAndItsRecord) {
+  Client a = client();
+  const Holder h = acquire_for_life(a.img, this_process("node-a"));
+  Image ro = Image::open(*io_, name_, {}, Image::Mode::read_only);
+  const auto o = lock_owner(ro);
+  ASSERT_TRUE(o) << "a read-only handle does not see the writer";
+  EXPECT_EQ(o->client, h.client);
+  ASSERT_TRUE(o->holder);
+  EXPECT_EQ(o->holder->node, "node-a");
+  a.img.close();  // lock released: a fresh read-only handle sees no owner
+  EXPECT_FALSE(lock_owner(Image::open(*io_, name_, {}, Image::Mode::read_only)));
+}
+
 TEST(HolderJson, RoundTrips) {
   Holder h{"n", "127.0.0.1:0/1", "b", 12, 34, "pid:[1]", "2026-01-01T00:00:00Z"};
   EXPECT_EQ(holder_from_json(holder_to_json(h)), h);
