@@ -7,7 +7,10 @@
 //    from (librbd blocklists it), so another node can stage.
 // A second node is a second daemon (--node-id node-b) in a mount namespace
 // of its own with its own /run/rbdgw (run dirs, secret store), as on
-// another machine; its mounts are read through /proc/<pid>/root.
+// another machine; its mounts are read through /proc/<pid>/root. (Loop
+// devices are the one thing the two "nodes" share: node b's unstage also
+// lets go of node a's loop device on the same FUSE path, which node a,
+// fenced by then, no longer needs.)
 #include <sched.h>
 
 #include <rbd/librbd.h>
@@ -45,6 +48,11 @@ class CsiDeletePublish : public CsiE2E {
         ::perror("unshare/mount --make-rprivate");
         _exit(126);
       }
+      // Node b has no mounts of node a's: drop the copies this namespace got
+      // of those under /run/rbdgw (a shadowed copy of a's FUSE mount at the
+      // same path would look like b's own to a mountinfo check).
+      for (const auto& m : mounts_under(attach::kRunRoot)) ::umount2(m.c_str(), MNT_DETACH);
+      ::umount2(attach::kRunRoot, MNT_DETACH);
       ::mkdir(attach::kRunRoot, 0700);
       if (::mount("tmpfs", attach::kRunRoot, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700") != 0) {
         ::perror("mount tmpfs /run/rbdgw");
@@ -299,7 +307,8 @@ TEST_F(CsiDeletePublish, ControllerAdvertisesPublishAndChecksItsArguments) {
     req.set_node_id(kNodeB);
     v1::ControllerPublishVolumeResponse resp;
     grpc::ClientContext ctx;
-    EXPECT_CODE(stub->ControllerPublishVolume(&ctx, req, &resp), StatusCode::INVALID_ARGUMENT);
+    const auto s = stub->ControllerPublishVolume(&ctx, req, &resp);  // EXPECT_CODE evaluates twice
+    EXPECT_CODE(s, StatusCode::INVALID_ARGUMENT);
   }
   auto multi = mount_cap();
   multi.mutable_access_mode()->set_mode(v1::VolumeCapability::AccessMode::MULTI_NODE_MULTI_WRITER);
@@ -368,7 +377,14 @@ TEST_F(CsiDeletePublish, PublishToASecondNodeIsRefusedAndUnpublishFencesTheFirst
     if (s.ok() || s.error_code() != StatusCode::FAILED_PRECONDITION) break;
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }
-  ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << read_file(tmp + "/csi-b.log");
+  if (!s.ok()) {
+    const std::string diag = "(losetup -l; grep rbdgw /proc/" + std::to_string(daemon_b) +
+                             "/mountinfo; ls -la /proc/" + std::to_string(daemon_b) + "/root/run/rbdgw/*/; cat /proc/" + std::to_string(daemon_b) + "/root/run/rbdgw/*/*.log) >" +
+                             tmp + "/diag.txt 2>&1";
+    std::system(diag.c_str());
+  }
+  ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << read_file(tmp + "/csi-b.log") << "\n"
+                      << read_file(tmp + "/diag.txt");
   EXPECT_EQ(read_file(on_b(staging_b) + "/acked.txt"), "acked on node a before the fence\n");
   EXPECT_EQ(read_file(on_b(staging_b) + "/still.txt"), "node a still writes\n");
   // Now node a is refused.
@@ -382,7 +398,9 @@ TEST_F(CsiDeletePublish, PublishToASecondNodeIsRefusedAndUnpublishFencesTheFirst
   // Node a comes back: its unstage tears the fenced volume down.
   s = unstage(id, staging_a);
   EXPECT_TRUE(s.ok() || s.error_code() == StatusCode::DATA_LOSS) << s.error_message();
-  if (!s.ok()) EXPECT_TRUE(unstage(id, staging_a).ok());
+  if (!s.ok()) {
+    EXPECT_TRUE(unstage(id, staging_a).ok());
+  }
   EXPECT_TRUE(mounts_under(root).empty());
   for (int i = 0; i < 45 && !del(id).ok(); ++i)  // the fenced watch may linger
     std::this_thread::sleep_for(std::chrono::seconds(1));
