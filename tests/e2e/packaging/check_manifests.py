@@ -2,7 +2,10 @@
 """Checks that rbdgw's Kubernetes manifests agree with each other and with
 what rbdgw-csi reads, and prepares what only the binaries can check.
 
-Usage: check_manifests.py MANIFEST-DIR OUT-DIR DEFAULT-DRIVER-NAME VERSION
+Usage: check_manifests.py MANIFEST-DIR OUT-DIR DEFAULT-DRIVER-NAME VERSION [CAPABILITIES]
+
+CAPABILITIES: a file with the controller's capabilities, one a line, as
+`rbdgw-csi --list-capabilities` prints them (ControllerGetCapabilities).
 
 Checks (each failure names the file, object and field):
   - the driver name of the CSIDriver, the StorageClass provisioner and
@@ -12,8 +15,12 @@ Checks (each failure names the file, object and field):
   - the node plugin: privileged, host /dev, the kubelet directory with
     Bidirectional propagation (= --allowed-root), the registration dir,
     --state-dir on a host path, the liveness port;
-  - the controller: provisioner and resizer (allowVolumeExpansion),
-    an attacher only if the CSIDriver requires attach;
+  - the controller: provisioner and resizer (allowVolumeExpansion);
+    attach: the CSIDriver's attachRequired, the controller's
+    PUBLISH_UNPUBLISH_VOLUME capability and a csi-attacher sidecar all
+    agree (with attach: its socket, leader election, RBAC for
+    volumeattachments and their status, and a controller-publish secret in
+    every StorageClass);
   - the StorageClass: its secrets exist with the keys rbdgw-csi needs, its
     clusterID and encryptionKMSID exist in the ConfigMaps, its fstype;
   - RBAC: service accounts, bindings and the rules the sidecars need.
@@ -340,7 +347,51 @@ def check_liveness(wl, c, loc):
         err(f"{wl['_where']}: livenessProbe port {p}, livenessprobe --health-port={port}")
 
 
-def check_controller(dep, driver_default, driver, version, out_dir, objs, csidriver, storageclasses):
+def check_attach(dep, loc, objs, csidriver, capabilities, storageclasses):
+    """attachRequired <=> PUBLISH_UNPUBLISH_VOLUME <=> a csi-attacher sidecar."""
+    w = dep["_where"]
+    attach = csidriver["spec"].get("attachRequired", True)
+    attacher = containers_named(pod_spec(dep), r"attacher")
+    if attach and not attacher:
+        err(f"{csidriver['_where']}: attachRequired but no csi-attacher in {w}")
+    if not attach and attacher:
+        err(f"{w}: a csi-attacher runs though the CSIDriver needs no attach")
+    if capabilities is not None:
+        publishes = "PUBLISH_UNPUBLISH_VOLUME" in capabilities
+        if attach and not publishes:
+            err(f"{csidriver['_where']}: attachRequired, but rbdgw-csi has no PUBLISH_UNPUBLISH_VOLUME "
+                f"capability (it has {sorted(capabilities)}): every attach would fail")
+        if publishes and not attach:
+            err(f"{csidriver['_where']}: attachRequired is false, but rbdgw-csi serves "
+                f"ControllerPublishVolume (PUBLISH_UNPUBLISH_VOLUME): Kubernetes would never call it, "
+                f"so nothing checks or fences a second node")
+    if not attacher:
+        return
+    check_sidecar_socket(dep, loc, r"attacher", "csi-address", "external-attacher")
+    spec = pod_spec(dep)
+    sa, ns = spec.get("serviceAccountName"), dep["metadata"].get("namespace")
+    for g, r, v in [("storage.k8s.io", "volumeattachments", "patch"),
+                    ("storage.k8s.io", "volumeattachments", "watch"),
+                    ("storage.k8s.io", "volumeattachments/status", "patch"),
+                    ("storage.k8s.io", "csinodes", "get"),
+                    ("", "persistentvolumes", "get"), ("", "persistentvolumes", "patch"),
+                    ("", "nodes", "get")]:
+        if not rbac_allows(objs, sa, ns, g, r, v):
+            err(f"RBAC: service account {ns}/{sa} may not {v} {r}"
+                f"{' (' + g + ')' if g else ''}, which external-attacher needs")
+    for sc in storageclasses:
+        p = sc.get("parameters", {})
+        name = p.get("csi.storage.k8s.io/controller-publish-secret-name")
+        sns = p.get("csi.storage.k8s.io/controller-publish-secret-namespace")
+        if not name or not sns:
+            err(f"{sc['_where']}: no csi.storage.k8s.io/controller-publish-secret-name/-namespace: "
+                f"ControllerPublish/UnpublishVolume need userID/userKey to check and fence the lock")
+        elif find(objs, "Secret", name, sns) is None:
+            err(f"{sc['_where']}: Secret {sns}/{name} (controller-publish) is not in the manifests")
+
+
+def check_controller(dep, driver_default, driver, version, out_dir, objs, csidriver, storageclasses,
+                     capabilities=None):
     w = dep["_where"]
     c, f, loc = check_workload_csi(dep, driver_default, driver, version, out_dir, objs)
     if c is None:
@@ -352,14 +403,9 @@ def check_controller(dep, driver_default, driver, version, out_dir, objs, csidri
     check_sidecar_socket(dep, loc, r"provisioner", "csi-address", "external-provisioner")
     needs_resizer = any(s.get("allowVolumeExpansion") for s in storageclasses)
     check_sidecar_socket(dep, loc, r"resizer", "csi-address", "external-resizer", needs_resizer)
-    attach = csidriver["spec"].get("attachRequired", True)
-    attacher = containers_named(pod_spec(dep), r"attacher")
-    if attach and not attacher:
-        err(f"{csidriver['_where']}: attachRequired but no csi-attacher in {w}")
-    if not attach and attacher:
-        err(f"{w}: a csi-attacher runs though the CSIDriver needs no attach")
+    check_attach(dep, loc, objs, csidriver, capabilities, storageclasses)
     check_liveness(dep, c, loc)
-    for sidecar in containers_named(pod_spec(dep), r"provisioner|resizer"):
+    for sidecar in containers_named(pod_spec(dep), r"provisioner|resizer|attacher"):
         sf, _ = flags(sidecar)
         if sf.get("leader-election") == "true":
             ns = sf.get("leader-election-namespace", dep["metadata"].get("namespace"))
@@ -514,6 +560,10 @@ def check_gateway_host(ds):
 
 def main():
     manifest_dir, out_dir, driver_default, version = sys.argv[1:5]
+    capabilities = None
+    if len(sys.argv) > 5:
+        with open(sys.argv[5]) as f:
+            capabilities = {l.strip() for l in f if l.strip()}
     objs = load(manifest_dir)
     nss = [o["metadata"]["name"] for o in by_kind(objs, "Namespace")]
     cluster_scoped = {"Namespace", "CSIDriver", "StorageClass", "ClusterRole", "ClusterRoleBinding"}
@@ -540,7 +590,8 @@ def main():
     driver = drivers[0]["metadata"]["name"]
     check_node(dss[0], driver_default, driver, version, out_dir, objs)
     check_gateway_host(dss[0])
-    check_controller(deps[0], driver_default, driver, version, out_dir, objs, drivers[0], scs)
+    check_controller(deps[0], driver_default, driver, version, out_dir, objs, drivers[0], scs,
+                     capabilities)
     check_rbac(objs, deps[0])
     for sc in scs:
         check_storageclass(sc, driver, objs, out_dir)

@@ -23,12 +23,17 @@ checker=$(dirname "$0")/check_manifests.py
 default_driver=$("$RBDGW_CSI" --help | sed -n 's/.*--driver-name NAME .*(default \([^)]*\)).*/\1/p')
 [ -n "$default_driver" ] || fail "cannot read the default driver name from rbdgw-csi --help"
 
-# 1. Structure: names, paths, mounts, secrets, RBAC.
+# 1. Structure: names, paths, mounts, secrets, RBAC; attach: the CSIDriver's
+# attachRequired, the controller's capabilities (from the binary) and the
+# csi-attacher sidecar.
 out=$TEST_TMP/out
 mkdir "$out"
-python3 "$checker" "$manifests" "$out" "$default_driver" "$RBDGW_VERSION" ||
+caps=$TEST_TMP/capabilities
+"$RBDGW_CSI" --list-capabilities >"$caps" || fail "rbdgw-csi --list-capabilities failed"
+grep -qx CREATE_DELETE_VOLUME "$caps" || fail "rbdgw-csi --list-capabilities: $(cat "$caps")"
+python3 "$checker" "$manifests" "$out" "$default_driver" "$RBDGW_VERSION" "$caps" ||
   fail "the manifests disagree (see above)"
-pass "manifests agree on driver name, socket paths, mounts, secrets, ConfigMaps and RBAC"
+pass "manifests agree on driver name, socket paths, mounts, secrets, ConfigMaps, RBAC and attach ($(tr '\n' ' ' <"$caps"))"
 
 # 2. StorageClass parameters through rbdgw-csi --check-config, with the
 # ConfigMaps as the controller (which runs CreateVolume) sees them.
@@ -111,6 +116,32 @@ mkdir "$TEST_TMP/bad-out"
 python3 "$checker" "$bad" "$TEST_TMP/bad-out" "$default_driver" "$RBDGW_VERSION" 2>"$TEST_TMP/neg2" &&
   fail "a wrong registration path was not noticed"
 grep -q 'kubelet-registration-path' "$TEST_TMP/neg2" || fail "unexpected error: $(cat "$TEST_TMP/neg2")"
+
+# attachRequired, PUBLISH_UNPUBLISH_VOLUME and the attacher must agree.
+# must_fail NAME PATTERN DIR [CAPS]: the checker rejects DIR, naming PATTERN.
+must_fail() {
+  mkdir -p "$TEST_TMP/$1-out"
+  python3 "$checker" "$3" "$TEST_TMP/$1-out" "$default_driver" "$RBDGW_VERSION" "${4:-$caps}" \
+    2>"$TEST_TMP/$1.err" && fail "$1 was not noticed"
+  grep -q "$2" "$TEST_TMP/$1.err" || fail "$1: unexpected error: $(cat "$TEST_TMP/$1.err")"
+}
+for n in noattach noattacher nopublishsecret; do rm -rf "$TEST_TMP/$n"; cp -r "$manifests" "$TEST_TMP/$n"; done
+sed -i 's/attachRequired: true/attachRequired: false/' "$TEST_TMP/noattach/csidriver.yaml"
+must_fail "attachRequired false with PUBLISH_UNPUBLISH_VOLUME" "PUBLISH_UNPUBLISH_VOLUME" "$TEST_TMP/noattach"
+python3 - "$TEST_TMP/noattacher/csi-rbdplugin-provisioner.yaml" <<'PY'
+import sys, yaml
+p = sys.argv[1]
+d = yaml.safe_load(open(p))
+cs = d["spec"]["template"]["spec"]["containers"]
+d["spec"]["template"]["spec"]["containers"] = [c for c in cs if "attacher" not in c["name"]]
+yaml.safe_dump(d, open(p, "w"))
+PY
+must_fail "attachRequired without a csi-attacher" "no csi-attacher" "$TEST_TMP/noattacher"
+grep -v PUBLISH_UNPUBLISH_VOLUME "$caps" >"$TEST_TMP/caps-nopublish"
+must_fail "attachRequired without PUBLISH_UNPUBLISH_VOLUME" "no PUBLISH_UNPUBLISH_VOLUME" "$manifests" "$TEST_TMP/caps-nopublish"
+sed -i '/controller-publish-secret/d' "$TEST_TMP/nopublishsecret/storageclass.yaml"
+must_fail "a StorageClass without a controller-publish secret" "controller-publish-secret" "$TEST_TMP/nopublishsecret"
+pass "negative controls: attachRequired, PUBLISH_UNPUBLISH_VOLUME, the csi-attacher and its secret must agree"
 
 node_argv=$(ls "$out"/*nodeplugin*.argv)
 node=$(basename "$node_argv" .argv)
