@@ -190,7 +190,8 @@ Options Options::parse(int argc, const char* const* argv, bool& help) {
       {"state-dir", &Options::state_dir},       {"allowed-root", &Options::allowed_root},
   };
   const std::pair<const char*, bool Options::*> switches[] = {
-      {"check-config", &Options::check_config}, {"list-parameters", &Options::list_parameters}};
+      {"check-config", &Options::check_config}, {"list-parameters", &Options::list_parameters},
+      {"list-capabilities", &Options::list_capabilities}};
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -229,7 +230,7 @@ Options Options::parse(int argc, const char* const* argv, bool& help) {
   if (!o.check_parameters.empty() && !o.check_config)
     throw Error(EINVAL, cat("unexpected argument '", o.check_parameters.begin()->first,
                             "=...': StorageClass parameters go with --check-config"));
-  if (o.list_parameters) return o;
+  if (o.list_parameters || o.list_capabilities) return o;
   if (o.cluster_config.empty()) throw Error(EINVAL, "--cluster-config is required");
   if (o.check_config) return o;
   if (o.endpoint.empty()) throw Error(EINVAL, "--endpoint is required");
@@ -255,6 +256,7 @@ const char* usage() {
   return "Usage: rbdgw-csi --endpoint unix:///PATH/csi.sock --cluster-config FILE [options]\n"
          "       rbdgw-csi --check-config --cluster-config FILE [--kms-config FILE] [KEY=VALUE...]\n"
          "       rbdgw-csi --list-parameters\n"
+         "       rbdgw-csi --list-capabilities\n"
          "\n"
          "The CSI (v1) service of rbdgw: RBD volumes for nodes without the kernel\n"
          "rbd/nbd/dm-crypt modules.\n"

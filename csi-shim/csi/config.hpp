@@ -121,6 +121,7 @@ struct Options {
   std::string allowed_root = "/var/lib/kubelet";
   bool check_config = false;       // --check-config: validate the configs and exit
   bool list_parameters = false;    // --list-parameters: print the SC parameters and exit
+  bool list_capabilities = false;  // --list-capabilities: print the controller's and exit
   StringMap check_parameters;      // KEY=VALUE arguments (only with --check-config)
 
   // Parses argv ("--name=value" or "--name value"). Throws Error(EINVAL)

@@ -96,13 +96,19 @@ grpc::Status ControllerServer::ValidateVolumeCapabilities(
   });
 }
 
+std::vector<v1::ControllerServiceCapability::RPC::Type> ControllerServer::capabilities() {
+  // PUBLISH_UNPUBLISH_VOLUME goes with attachRequired: true in the CSIDriver
+  // and the csi-attacher sidecar (tests/e2e/packaging/check_manifests.py).
+  return {v1::ControllerServiceCapability::RPC::CREATE_DELETE_VOLUME,
+          v1::ControllerServiceCapability::RPC::PUBLISH_UNPUBLISH_VOLUME,
+          v1::ControllerServiceCapability::RPC::EXPAND_VOLUME};
+}
+
 grpc::Status ControllerServer::ControllerGetCapabilities(
     grpc::ServerContext*, const v1::ControllerGetCapabilitiesRequest*,
     v1::ControllerGetCapabilitiesResponse* resp) {
   return guard("ControllerGetCapabilities", [&] {
-    for (auto t : {v1::ControllerServiceCapability::RPC::CREATE_DELETE_VOLUME,
-                   v1::ControllerServiceCapability::RPC::PUBLISH_UNPUBLISH_VOLUME,
-                   v1::ControllerServiceCapability::RPC::EXPAND_VOLUME})
+    for (auto t : capabilities())
       resp->add_capabilities()->mutable_rpc()->set_type(t);
   });
 }

@@ -15,6 +15,9 @@ class ControllerServer final : public ::csi::v1::Controller::Service {
   ControllerServer(Controller& controller, VolumeLocks& locks)
       : controller_(controller), locks_(locks) {}
 
+  // What ControllerGetCapabilities answers (also rbdgw-csi --list-capabilities).
+  static std::vector<::csi::v1::ControllerServiceCapability::RPC::Type> capabilities();
+
   grpc::Status CreateVolume(grpc::ServerContext*, const ::csi::v1::CreateVolumeRequest*,
                             ::csi::v1::CreateVolumeResponse*) override;
   grpc::Status DeleteVolume(grpc::ServerContext*, const ::csi::v1::DeleteVolumeRequest*,

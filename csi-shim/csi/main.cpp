@@ -26,6 +26,14 @@ static int list_parameters() {
   return 0;
 }
 
+// The controller's capabilities (ControllerGetCapabilities), one a line, for
+// the manifest check (PUBLISH_UNPUBLISH_VOLUME <=> attachRequired).
+static int list_capabilities() {
+  for (auto t : ControllerServer::capabilities())
+    std::printf("%s\n", ::csi::v1::ControllerServiceCapability::RPC::Type_Name(t).c_str());
+  return 0;
+}
+
 static int run(const Options& opt) {
   ClusterConfig clusters = ClusterConfig::load(opt.cluster_config);
   if (!opt.kms_config.empty()) load_kms_config(opt.kms_config);
@@ -100,6 +108,7 @@ int main(int argc, char** argv) {
       std::fputs(usage(), stdout);
       return 0;
     }
+    if (opt.list_capabilities) return list_capabilities();
     return opt.list_parameters ? list_parameters() : run(opt);
   } catch (const Error& e) {
     log::error(e.what());
