@@ -5,7 +5,6 @@
 #include <linux/nbd-netlink.h>
 #include <linux/nbd.h>
 #include <linux/netlink.h>
-#include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <linux/unix_diag.h>
 #include <sys/socket.h>
