@@ -218,6 +218,8 @@ TEST_F(CsiDeletePublish, DeleteOfAnEncryptedVolumeInUseChangesNothingAndARetryFi
   s = del_with_passphrase(id);
   EXPECT_CODE(s, StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(s.error_message().find("in use"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find(kNodeA), std::string::npos)
+      << "the refusal does not name the node whose gateway holds the volume: " << s.error_message();
   const auto after = image_meta(img);
   ASSERT_TRUE(after) << "the image of a volume in use was removed";
   EXPECT_EQ(*after, *before) << "a refused DeleteVolume changed the image's metadata (DEK, state)";
