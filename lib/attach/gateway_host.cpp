@@ -161,17 +161,19 @@ void serve_one(int conn) {
   try {
     if (::getsockopt(c.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
       throw_errno("getsockopt(SO_PEERCRED)", what, errno);
+    const timeval tv{10, 0};
+    ::setsockopt(c.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::string data;
+    std::vector<std::unique_ptr<Fd>> fds;
+    // Read the request even when it is refused: closing with it unread
+    // would reset the connection and lose the answer.
+    if (!recv_message(c.fd, data, fds, what)) return;
     if (cred.uid != 0) {
       log::warn("refused a request from uid ", cred.uid, " (pid ", cred.pid, "): only root is served");
       send_message(c.fd, reply(EPERM, {}, cat("gateway host: uid ", cred.uid, " is not served (root only)")),
                    {}, what);
       return;
     }
-    const timeval tv{10, 0};
-    ::setsockopt(c.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    std::string data;
-    std::vector<std::unique_ptr<Fd>> fds;
-    if (!recv_message(c.fd, data, fds, what)) return;
     Reader r(data);
     const std::string exe = r.str();
     const std::string cwd = r.str();
