@@ -89,6 +89,20 @@ bool detach_loop_if(const std::string& loop, const std::string& backing) {
   return true;
 }
 
+bool device_node_mounted(const std::string& dev) {
+  if (dev.rfind("/dev/", 0) != 0) return false;
+  const std::string node = dev.substr(4);  // "/loopN", its path in devtmpfs
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    std::string id, parent, devno, root;
+    ls >> id >> parent >> devno >> root;
+    if (unescape(root) == node) return true;
+  }
+  return false;
+}
+
 void unmount(const std::string& target) {
   if (::umount2(target.c_str(), 0) != 0)
     throw Error(errno, cat("umount ", target, ": ", std::strerror(errno)));

@@ -27,5 +27,8 @@ std::string read_only_loop(const std::string& device);
 // Detaches loop when it is a loop device backed by `backing` (a loop still
 // open goes when let go); returns false, doing nothing, when it is not.
 bool detach_loop_if(const std::string& loop, const std::string& backing);
+// True if the device node `dev` ("/dev/loopN") is bind-mounted somewhere
+// (a mount whose root in devtmpfs is that node).
+bool device_node_mounted(const std::string& dev);
 
 }  // namespace rbdgw::csi

@@ -249,16 +249,24 @@ void Node::publish(const VolumeId& id, const std::string& staging, const std::st
 }
 
 void Node::unpublish(const VolumeId& id, const std::string& target) {
-  if (is_mount_point(target)) unmount(target);
   std::error_code ec;
-  // A read-only block publish's own loop device (checked against its
-  // backing device before it is detached).
+  const bool mounted = is_mount_point(target);
+  // A read-only block publish's own loop device, detached before the
+  // unmount (a retry then finds none left of its own) and only when it is
+  // provably this publish's: the target shows it, or (a publish that died
+  // before its bind mount) no mount shows it and it is still a loop device
+  // on the recorded staged device.
   const std::string record = publish_record(target);
   if (const auto r = load_publish_record(record); r && r->target == target) {
-    if (!detach_loop_if(r->loop, r->backing))
-      log::warn("NodeUnpublishVolume: ", id.str(), ": ", r->loop, " is no longer a loop device on ",
-                r->backing, ": left alone");
+    struct stat t{}, l{};
+    const bool shown = ::stat(target.c_str(), &t) == 0 && S_ISBLK(t.st_mode) &&
+                       ::stat(r->loop.c_str(), &l) == 0 && S_ISBLK(l.st_mode) && t.st_rdev == l.st_rdev;
+    const bool ours = mounted ? shown : !device_node_mounted(r->loop);
+    if (!ours || !detach_loop_if(r->loop, r->backing))
+      log::warn("NodeUnpublishVolume: ", id.str(), ": ", r->loop, " is not (or no longer) this "
+                "publish's read-only loop device on ", r->backing, ": left alone");
   }
+  if (mounted) unmount(target);
   fs::remove(record, ec);
   fs::remove(target, ec);  // an empty directory or the block target file
   log::info("NodeUnpublishVolume: ", id.str(), " from ", target);
