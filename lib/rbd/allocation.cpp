@@ -61,12 +61,6 @@ std::vector<Extent> allocated_extents(const Image& img, std::uint64_t from, std:
   return out;
 }
 
-namespace {
-bool all_zero(std::span<const std::uint8_t> b) {
-  return std::all_of(b.begin(), b.end(), [](auto c) { return c == 0; });
-}
-}  // namespace
-
 std::optional<std::uint64_t> first_data(const std::vector<Extent>& extents,
                                         std::span<const RangeReader> views, std::uint64_t shift,
                                         std::string_view object) {
@@ -80,21 +74,21 @@ std::optional<std::uint64_t> first_data(const std::vector<Extent>& extents,
   for (const auto& e : extents) {
     for (std::uint64_t off = e.offset; off < e.offset + e.length;) {
       const std::size_t want = std::min<std::uint64_t>(buf.size(), e.offset + e.length - off);
-      std::optional<std::uint64_t> at;  // first non-zero byte in the last view read
-      std::size_t got = want;
+      // The first byte in the last view read not proven zero: a non-zero
+      // byte, or the first byte a view did not return (a view that reads
+      // short -- a device smaller than the image -- proves nothing past it).
+      std::optional<std::uint64_t> at;
       for (const auto& read : views) {
-        got = read(std::span(buf).first(want), off - shift);
+        const std::size_t got = std::min(read(std::span(buf).first(want), off - shift), want);
         const auto chunk = std::span(buf).first(got);
-        if (all_zero(chunk)) {
+        const auto nz = std::find_if(chunk.begin(), chunk.end(), [](auto c) { return c != 0; });
+        if (nz == chunk.end() && got == want) {
           at.reset();
           break;
         }
-        at = off + static_cast<std::uint64_t>(
-                       std::find_if(chunk.begin(), chunk.end(), [](auto c) { return c != 0; }) -
-                       chunk.begin());
+        at = off + static_cast<std::uint64_t>(nz - chunk.begin());
       }
       if (at) return at;
-      if (got < want) break;
       off += want;
     }
   }

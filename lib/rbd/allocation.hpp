@@ -50,7 +50,7 @@ std::vector<Extent> allocated_extents(const Image& img, std::uint64_t from, std:
 using RangeReader = std::function<std::size_t(std::span<std::uint8_t> buf, std::uint64_t offset)>;
 
 // The first offset in `extents` (image offsets) holding data: a byte that
-// reads non-zero through every one of `views` (each given the offset minus
+// reads non-zero, or cannot be read, through every one of `views` (each given the offset minus
 // `shift`), if any. A chunk that reads as zeros through any view holds
 // nothing: for an encrypted volume the views are the raw image (zero:
 // never written) and the plaintext (zero: written as zeros). Throws
