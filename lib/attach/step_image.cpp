@@ -29,10 +29,10 @@ void refuse_other_writers(const Volume& v) {
   std::mt19937 rng{std::random_device{}()};  // two stages must not wait in step
   std::uniform_int_distribution<int> pause_ms(150, 600);
   std::vector<std::string> others;
+  auto cluster = rbd::Cluster::connect(v.cluster);
   for (int round = 0; round < 8; ++round) {
     if (round > 0) std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms(rng)));
-    auto cluster = rbd::Cluster::connect(v.cluster);
-    auto img = rbd::Image::open(cluster, v.image);
+    auto img = rbd::Image::open(cluster, v.image);  // its watch ends with the round
     const auto owner = rbd::check_available(img, node);  // throws EBUSY for a live writer
     others = other_watchers(cluster, img);
     if (owner) std::erase(others, owner->client);  // a dead gateway's watch, about to go
