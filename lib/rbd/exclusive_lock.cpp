@@ -157,6 +157,26 @@ std::optional<Holder> read_holder(const Image& img) {
 
 void write_holder(Image& img, const Holder& h) { img.set_meta(kHolderKey, holder_to_json(h)); }
 
+namespace {
+// Whether `client` (a RADOS address) has a watch on the image: a client
+// that died keeps the lock but loses its watch once the OSD times it out
+// (osd_client_watch_timeout, 30 s by default). Unknown counts as watching.
+bool watches(const Image& img, const std::string& client) {
+  std::vector<rbd_image_watcher_t> w(8);
+  std::size_t n = w.size();
+  int r = rbd_watchers_list(img.handle(), w.data(), &n);
+  if (r == -ERANGE) {
+    w.resize(n);
+    r = rbd_watchers_list(img.handle(), w.data(), &n);
+  }
+  if (r < 0) return true;
+  bool found = false;
+  for (std::size_t i = 0; i < n; ++i) found = found || client == w[i].addr;
+  rbd_watchers_list_cleanup(w.data(), n);
+  return found;
+}
+}  // namespace
+
 std::optional<LockOwner> lock_owner(const Image& img) {
   if (img.read_only()) {
     // librbd keeps no lock state on a read-only handle: read the lock's
@@ -165,6 +185,7 @@ std::optional<LockOwner> lock_owner(const Image& img) {
       if (!l.cookie.starts_with("auto ")) continue;
       LockOwner o{l.addr, {}};
       if (auto h = read_holder(img); h && h->client == o.client) o.holder = std::move(h);
+      o.watching = watches(img, o.client);
       return o;
     }
     return std::nullopt;
@@ -188,6 +209,7 @@ std::optional<LockOwner> lock_owner(const Image& img) {
   rbd_lock_get_owners_cleanup(owners.data(), n);
   if (o.client.empty()) return std::nullopt;
   if (auto h = read_holder(img); h && h->client == o.client) o.holder = std::move(h);
+  o.watching = watches(img, o.client);
   return o;
 }
 
@@ -209,9 +231,20 @@ bool provably_dead(const LockOwner& o, const std::string& node, std::string* why
     ns = pid_namespace();
   } catch (const Error&) {
   }
-  if (h.pid_ns != ns)
+  if (h.pid_ns != ns) {
+    // A gateway of this node and boot in a pid namespace we cannot see into
+    // (a node plugin pod that was replaced): dead once its watch is gone --
+    // a live process keeps its watch, and on this node it cannot be cut off
+    // from the cluster while this process is not. Breaking its lock
+    // blocklists it, so even a wrong guess leaves one writer.
+    if (!o.watching)
+      return say(true, cat("its pid ", h.pid, " is in another pid namespace (", h.pid_ns,
+                           ") of this node and boot, and its client no longer watches the image "
+                           "(its process is gone)"));
     return say(false, cat("its pid ", h.pid, " is in another pid namespace (", h.pid_ns,
-                          "), so its death cannot be seen from here"));
+                          ") and its client still watches the image: if that process is gone, its "
+                          "watch lapses within about 30 s; try again then"));
+  }
   const auto st = proc_stat(h.pid);
   if (st && st->start == h.pid_start && st->state != 'Z' && st->state != 'X')
     return say(false, cat("its process ", h.pid, " is alive"));

@@ -18,12 +18,13 @@
 //
 // Take-over rule (acquire_for_life): a foreign owner is refused (EBUSY,
 // naming it) unless it is PROVABLY dead: its record names THIS node and
-// either another boot id (the node rebooted since) or this boot id and this
-// pid namespace with that pid and start time no longer alive. Then its lock
-// is broken (librbd blocklists it) and taken. Nothing else is ever fenced
-// here: not an owner whose watch lapsed (a live gateway on another node that
-// merely lost contact with the cluster looks the same), not an owner without
-// a record. librbd's own break of a lapsed owner is never reached, because
+// either another boot id (the node rebooted since), or this boot id and this
+// pid namespace with that pid and start time no longer alive, or this boot id
+// and another pid namespace (a replaced pod's) with its watch on the image
+// gone. Then its lock is broken (librbd blocklists it) and taken. Nothing
+// else is ever fenced here: not an owner of another node whose watch lapsed
+// (a live gateway that merely lost contact with the cluster looks the same),
+// not an owner without a record. librbd's own break of a lapsed owner is never reached, because
 // the owner is checked before rbd_lock_acquire is called.
 //
 // Thread safety: the functions take no locks of their own; librbd image
@@ -70,6 +71,7 @@ void write_holder(Image& img, const Holder& h);
 struct LockOwner {
   std::string client;             // the owner's RADOS address
   std::optional<Holder> holder;   // its record, when the record names this client
+  bool watching = true;           // the owner's client still watches the image
 };
 
 // The owner of the image's exclusive lock; nullopt when nobody holds it.
