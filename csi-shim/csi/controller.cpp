@@ -239,8 +239,27 @@ void Controller::remove(const VolumeId& id, const StringMap& secrets) {
     finish_trashed(loc->io, trash_id, loc->image, id, secrets);
 }
 
+namespace {
+// A PersistentVolume provisioned before attachRequired was true, or from a
+// StorageClass without csi.storage.k8s.io/controller-publish-secret-*,
+// reaches ControllerPublish/Unpublish without cephx credentials.
+bool has_credentials(const StringMap& secrets) {
+  auto id = secrets.find("userID");
+  auto key = secrets.find("userKey");
+  return id != secrets.end() && !id->second.empty() && key != secrets.end() && !key->second.empty();
+}
+}  // namespace
+
 void Controller::publish(const VolumeId& id, const std::string& node, bool read_only,
                          const StringMap& secrets) {
+  if (!has_credentials(secrets)) {
+    // Not a reason to keep the volume from its pod: the gateway's exclusive
+    // lock still refuses a second writer at NodeStageVolume.
+    log::warn("ControllerPublishVolume: volume '", id.str(), "' to node '", node,
+              "': no cephx credentials in the controller-publish secret (userID, userKey), so "
+              "another node's writer was not looked for here; NodeStageVolume still refuses one");
+    return;
+  }
   VolumeLocation loc = locate(id, secrets);
   rbd::Image image = rbd::Image::open(loc.io, loc.image, {}, rbd::Image::Mode::read_only);
   if (read_only) return;  // readers take no lock
@@ -258,6 +277,13 @@ void Controller::publish(const VolumeId& id, const std::string& node, bool read_
 }
 
 void Controller::unpublish(const VolumeId& id, const std::string& node, const StringMap& secrets) {
+  if (!has_credentials(secrets)) {
+    log::warn("ControllerUnpublishVolume: volume '", id.str(), "' from node '", node,
+              "': no cephx credentials in the controller-publish secret (userID, userKey), so a "
+              "gateway of that node still holding the volume cannot be fenced; another node's "
+              "stage stays refused until its lock is released (rbd lock ls / rbd lock rm)");
+    return;
+  }
   std::optional<VolumeLocation> loc;
   try {
     loc.emplace(locate(id, secrets));

@@ -112,7 +112,8 @@ class CsiDeletePublish : public CsiE2E {
   }
 
   static grpc::Status controller_publish(const std::string& id, const std::string& node,
-                                         bool ro = false, v1::VolumeCapability cap = mount_cap()) {
+                                         bool ro = false, v1::VolumeCapability cap = mount_cap(),
+                                         bool with_secrets = true) {
     auto stub = v1::Controller::NewStub(channel);
     v1::ControllerPublishVolumeRequest req;
     req.set_volume_id(id);
@@ -120,7 +121,7 @@ class CsiDeletePublish : public CsiE2E {
     req.set_readonly(ro);
     *req.mutable_volume_capability() = cap;
     auto s = secrets();
-    req.mutable_secrets()->insert(s.begin(), s.end());
+    if (with_secrets) req.mutable_secrets()->insert(s.begin(), s.end());
     v1::ControllerPublishVolumeResponse resp;
     return call(
         [&](grpc::ClientContext* c, const auto& r, auto* p) {
@@ -129,13 +130,14 @@ class CsiDeletePublish : public CsiE2E {
         req, &resp);
   }
 
-  static grpc::Status controller_unpublish(const std::string& id, const std::string& node) {
+  static grpc::Status controller_unpublish(const std::string& id, const std::string& node,
+                                           bool with_secrets = true) {
     auto stub = v1::Controller::NewStub(channel);
     v1::ControllerUnpublishVolumeRequest req;
     req.set_volume_id(id);
     req.set_node_id(node);
     auto s = secrets();
-    req.mutable_secrets()->insert(s.begin(), s.end());
+    if (with_secrets) req.mutable_secrets()->insert(s.begin(), s.end());
     v1::ControllerUnpublishVolumeResponse resp;
     return call(
         [&](grpc::ClientContext* c, const auto& r, auto* p) {
@@ -407,6 +409,32 @@ TEST_F(CsiDeletePublish, PublishToASecondNodeIsRefusedAndUnpublishFencesTheFirst
   for (int i = 0; i < 45 && !del(id).ok(); ++i)  // the fenced watch may linger
     std::this_thread::sleep_for(std::chrono::seconds(1));
   EXPECT_FALSE(image_meta(img));
+}
+
+// A PersistentVolume made before attachRequired was true (or a StorageClass
+// without a controller-publish secret) reaches the controller without cephx
+// credentials: its pod must still get the volume, and nobody is fenced.
+TEST_F(CsiDeletePublish, WithoutCredentialsPublishAndUnpublishSucceedAndFenceNobody) {
+  if (!node_path_available()) GTEST_SKIP() << "needs the rbd plugin, rbdgw-fuse and /dev/fuse";
+  v1::CreateVolumeResponse a;
+  ASSERT_TRUE(create(unique("pvc-nosecret"), params(), 64 * MiB, &a).ok());
+  const std::string id = a.volume().volume_id();
+  const std::string staging = staging_dir(unique("nosecret"));
+  auto s = controller_publish(id, kNodeA, false, mount_cap(), false);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  s = stage(id, staging);
+  ASSERT_TRUE(s.ok()) << s.error_message() << "\n" << read_file(tmp + "/csi.log");
+  s = controller_publish(id, kNodeB, false, mount_cap(), false);
+  EXPECT_TRUE(s.ok()) << "not checked without credentials (the node's stage still refuses): "
+                      << s.error_message();
+  s = controller_unpublish(id, kNodeA, false);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_NE(read_file(tmp + "/csi.log").find("cannot be fenced"), std::string::npos)
+      << "the log does not say that nothing was fenced";
+  EXPECT_EQ(write_and_fsync(staging + "/after.txt", "node a still writes\n"), 0)
+      << "node a's gateway was fenced without credentials";
+  EXPECT_TRUE(unstage(id, staging).ok());
+  EXPECT_TRUE(del(id).ok());
 }
 
 }  // namespace
