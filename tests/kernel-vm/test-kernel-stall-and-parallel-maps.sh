@@ -38,7 +38,7 @@ done
 
 if [ "${RBDGW_IN_VM:-}" != 1 ]; then
   rc=0
-  "$RBDGW_SOURCE_DIR/tests/kernel-vm/run-in-vm.sh" --mem 2048 --timeout "${RBDGW_VM_TIMEOUT:-1200}" "$0" || rc=$?
+  "$RBDGW_SOURCE_DIR/tests/kernel-vm/run-in-vm.sh" --mem 2048 --timeout "${RBDGW_VM_TIMEOUT:-1500}" "$0" || rc=$?
   exit "$rc"
 fi
 
