@@ -72,26 +72,50 @@ std::atomic<bool> lock_lost{false};
 
 std::string node_name() { return config.node.empty() ? rbd::host_name() : config.node; }
 
-// exclusive=true: throws unless this gateway still owns the image's
-// exclusive lock. Called before and after every modifying request, so that
-// none completes successfully once the lock is gone.
+// exclusive=true: throws unless this gateway (still, or again) owns the
+// image's exclusive lock. librbd lets go of its lock for a moment on its
+// own: when its watch on the image was re-established (a Ceph stall longer
+// than the OSD's watch timeout, 30 s) it updates or releases and re-takes
+// the lock. So a lock not owned is asked for again (rbd_lock_acquire joins
+// librbd's own re-acquisition); it is lost for good only when that fails:
+// the client was blocklisted (rbd lock rm, ControllerUnpublish's fence) or
+// another client holds the lock now.
 void require_lock() {
   if (!config.exclusive) return;
   if (!lock_lost && rbd::owns_lock(served->image)) return;
-  if (!lock_lost.exchange(true))
-    nbdkit_error("%s: this gateway lost the image's exclusive lock (broken by another client, "
-                 "e.g. rbd lock rm, which blocklists it): every write and flush fails from now on; "
-                 "restart the gateway", config.spec->str().c_str());
+  if (!lock_lost) {
+    const int r = rbd_lock_acquire(served->image.handle(), RBD_LOCK_MODE_EXCLUSIVE);
+    if (r == 0 && rbd::owns_lock(served->image)) {
+      nbdkit_debug("rbd: %s: the exclusive lock was let go by librbd and taken again",
+                   config.spec->str().c_str());
+      return;
+    }
+    if (!lock_lost.exchange(true))
+      nbdkit_error("%s: this gateway lost the image's exclusive lock (%s: broken by another "
+                   "client, e.g. rbd lock rm, which blocklists it, or taken by one): every write "
+                   "and flush fails from now on; restart the gateway",
+                   config.spec->str().c_str(),
+                   r < 0 ? std::strerror(-r) : "taken again but not owned");
+  }
   throw Error(EIO, cat(config.spec->str(), ": this gateway no longer holds the image's exclusive "
                        "lock; refusing the request"));
 }
 
-// Runs a modifying request between two lock checks.
+// Runs a modifying request between two lock checks. A request that failed
+// while the lock was not owned (librbd refuses writes then) is run once
+// more after the lock was taken again; writes, zeroes, trims and flushes
+// may be repeated.
 template <typename F>
 int modify(F&& f) noexcept {
   return guard_void([&] {
     require_lock();
-    f();
+    try {
+      f();
+    } catch (const Error&) {
+      if (!config.exclusive || rbd::owns_lock(served->image)) throw;
+      require_lock();
+      f();
+    }
     require_lock();
   });
 }
