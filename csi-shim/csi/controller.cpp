@@ -82,6 +82,29 @@ void refuse_if_watched(const rbd::IoCtx& io, const rbd::Image& img, const Volume
                          list, lock_note(img), "; unstage it on its node first (", outcome, ")"));
 }
 
+// Throws Error(EBUSY) naming the holder when a client holds the image's
+// exclusive lock, watching it or not. A writer paused or cut off from the
+// cluster for longer than the OSDs' watch timeout (~30 s) keeps its lock
+// but loses its watch; an operation that needs the lock from here (a move
+// to the trash, a resize) would then have librbd break that lock and
+// blocklist the writer, which neither librbd nor we can tell from a dead
+// one. Fencing is ControllerUnpublishVolume's decision (or an operator's),
+// never a side effect.
+void refuse_if_locked(const rbd::Image& img, const VolumeId& id, const std::string& outcome) {
+  std::optional<rbd::LockOwner> o;
+  try {
+    o = rbd::lock_owner(img);
+  } catch (const Error& e) {
+    if (e.code() != EINVAL) throw;  // no exclusive-lock feature: no lock to break
+    return;
+  }
+  if (!o) return;
+  throw Error(EBUSY, cat("volume '", id.str(), "': ", rbd::in_use_message(img, *o),
+                         o->watching ? "" : " (its client no longer watches the image: paused, cut off "
+                                            "from the cluster, or dead; going on would fence it)",
+                         "; ", outcome));
+}
+
 // Trash entries (ids) moved there by a user (us) under the image's name.
 std::vector<std::string> trashed_ids(const rbd::IoCtx& io, const std::string& name) {
   std::vector<rbd_trash_image_info_t> e(32);
@@ -223,6 +246,7 @@ void Controller::remove(const VolumeId& id, const StringMap& secrets) {
   // 1. Use first: nothing is touched while anyone has it open.
   if (auto image = open_if_exists(loc->io, loc->image, rbd::Image::Mode::read_only)) {
     refuse_if_watched(loc->io, *image, id, "nothing was deleted");
+    refuse_if_locked(*image, id, "nothing was deleted");
     if (!image->list_snaps().empty())
       throw Error(ENOTEMPTY, cat("volume '", id.str(), "' (image ", image->spec(),
                                  ") has snapshots; nothing was deleted"));
@@ -323,6 +347,18 @@ std::uint64_t Controller::expand(const VolumeId& id, std::int64_t required_bytes
   rbd::Image image = rbd::Image::open(loc.io, loc.image);
   const std::uint64_t have = image.size();
   if (have >= size) return have;
+  // A lock owner that watches the image does the resize for us (librbd
+  // forwards it); one that does not would be fenced by it (refuse_if_locked).
+  std::optional<rbd::LockOwner> owner;
+  try {
+    owner = rbd::lock_owner(image);
+  } catch (const Error& e) {
+    if (e.code() != EINVAL) throw;  // no exclusive-lock feature
+  }
+  if (owner && !owner->watching)
+    throw Error(EBUSY, cat("volume '", id.str(), "' not resized: ", rbd::in_use_message(image, *owner),
+                           " (its client no longer watches the image: paused, cut off from the cluster, "
+                           "or dead; a resize now would fence it); retry once it is back"));
   image.resize(size);
   log::info("ControllerExpandVolume: ", image.spec(), " ", have, " -> ", size, " bytes");
   return image.size();
