@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
@@ -267,6 +268,38 @@ void forget_stale(const Stash& old, const std::string& stash_path, const std::st
   if (::unlink(stash_path.c_str()) < 0 && errno != ENOENT) throw_errno("unlink", stash_path, errno);
 }
 
+// The gateway of a stale stash died with its boot, but the OSDs keep its
+// watch on the image until it times out (osd_client_watch_timeout, 30 s
+// after the boot ended: a reboot faster than that still finds it). The
+// take-over rule (rbd/exclusive_lock.hpp) counts a holder of this node
+// from another boot as dead only once its watch is gone -- another machine
+// with the same node name has another boot id too, and lives. So wait for
+// exactly that watch to go (a real reboot is over before it would matter);
+// never fence it here. Past the wait the attach goes on, and refuses a
+// watcher that is still there as it refuses any other.
+void wait_out_dead_watch(const Volume& v, const std::string& client, const AttachOptions& o) {
+  if (client.empty() || v.read_only) return;
+  try {
+    auto cluster = rbd::Cluster::connect(v.cluster);
+    auto img = rbd::Image::open(cluster, v.image, rbd::Image::Mode::read_only);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(45);
+    bool told = false;
+    for (;;) {
+      const auto others = other_watchers(cluster, img);
+      if (std::find(others.begin(), others.end(), client) == others.end()) return;
+      if (std::chrono::steady_clock::now() > deadline) return;
+      if (!told)
+        progress(o, cat("waiting for the watch of ", v.image.str(), "'s gateway from the earlier boot (",
+                        client, ") to time out"));
+      told = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  } catch (const Error& e) {
+    log::warn("volume ", v.id, ": cannot tell whether the earlier boot's gateway still watches ",
+              v.image.str(), ": ", e.what());
+  }
+}
+
 }  // namespace
 
 bool VolumeStatus::healthy() const {
@@ -329,10 +362,7 @@ Stash attach(const Volume& v, const AttachOptions& o) {
       progress(o, cat("the stash of ", v.id, " is ", why, ": attaching afresh"));
       forget_stale(old, o.stash_path, run_dir);
       if (!old.complete) interrupted_mkfs_token = old.mkfs_token;
-      // The dead gateway's lock and watch: inspect does not count a
-      // provably dead gateway of this node (its holder record names this
-      // node and the earlier boot) as a writer, and the new gateway takes
-      // its lock over (rbd/exclusive_lock.hpp); nothing is fenced here.
+      wait_out_dead_watch(v, old.gateway_client, o);
     } else if (old.complete) {
       if (old.block != v.block || (!v.block && old.target != v.target))
         throw Error(EBUSY, cat("volume ", v.id, " is already attached at ",

@@ -223,9 +223,21 @@ bool provably_dead(const LockOwner& o, const std::string& node, std::string* why
   if (node.empty() || h.node != node)
     return say(false, cat("it runs on node ", h.node, ", not on this node (", node, ")"));
   const std::string boot = this_boot_id();
-  if (h.boot_id != boot)
-    return say(true, cat("node ", node, " rebooted since it took the lock (boot id ", h.boot_id,
-                         ", now ", boot, ")"));
+  if (h.boot_id != boot) {
+    // Another boot id is this node rebooted -- or another machine that
+    // carries the same node name (the CLI's default is the host name), whose
+    // gateway lives: only a watch that is gone tells them apart (the OSDs
+    // drop a dead client's watch ~30 s after it died, long before a reboot
+    // is done).
+    if (!o.watching)
+      return say(true, cat("node ", node, " rebooted since it took the lock (boot id ", h.boot_id,
+                           ", now ", boot, ") and its client no longer watches the image"));
+    return say(false, cat("it runs on node ", node, " under another boot id (", h.boot_id, ", now ",
+                          boot, ") and its client still watches the image: either this node "
+                          "rebooted less than ~30 s after it died (try again then) or another "
+                          "machine uses the same node name (give each machine its own: --node, "
+                          "$RBDGW_NODE_NAME)"));
+  }
   std::string ns;
   try {
     ns = pid_namespace();
@@ -278,7 +290,8 @@ std::optional<LockOwner> check_available(const Image& img, const std::string& no
   auto o = lock_owner(img);
   if (!o) return std::nullopt;
   std::string why;
-  if (!provably_dead(*o, node, &why)) throw Error(EBUSY, in_use_message(img, *o));
+  if (!provably_dead(*o, node, &why))
+    throw Error(EBUSY, cat(in_use_message(img, *o), " (not taken over: ", why, ")"));
   return o;
 }
 
@@ -293,7 +306,8 @@ Holder acquire_for_life(Image& img, const Holder& me) {
   if (!owns_lock(img)) {
     if (auto o = lock_owner(img)) {
       std::string why;
-      if (!provably_dead(*o, me.node, &why)) throw Error(EBUSY, in_use_message(img, *o));
+      if (!provably_dead(*o, me.node, &why))
+        throw Error(EBUSY, cat(in_use_message(img, *o), " (not taken over: ", why, ")"));
       log::warn(img.spec(), ": taking over the exclusive lock of ", o->client, ": ", why);
       break_lock(img, o->client);
     }
