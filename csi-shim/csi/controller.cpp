@@ -276,6 +276,9 @@ bool has_credentials(const StringMap& secrets) {
 
 void Controller::publish(const VolumeId& id, const std::string& node, bool read_only,
                          const StringMap& secrets) {
+  if (!clusters_.find(id.cluster_id))  // known without credentials: the volume cannot exist
+    throw Error(ENOENT, cat("volume '", id.str(), "': clusterID '", id.cluster_id,
+                            "' is not in the cluster config"));
   if (!has_credentials(secrets)) {
     // Not a reason to keep the volume from its pod: the gateway's exclusive
     // lock still refuses a second writer at NodeStageVolume.

@@ -172,4 +172,25 @@ TEST_F(CsiPausedWriter, ExpandAndDeleteNeverFenceAWriterWhoseWatchLapsed) {
   for (int i = 0; i < 45 && !del(id).ok(); ++i) std::this_thread::sleep_for(std::chrono::seconds(1));
 }
 
+// ControllerPublishVolume without cephx credentials (a StorageClass without
+// a controller-publish secret) checks no writer, but a volume ID naming a
+// cluster that is not in the cluster config is still NOT_FOUND, as the spec
+// asks for a volume that does not exist (found by review: it was OK, and
+// the attach went on to a NodeStageVolume that could only fail).
+TEST_F(CsiPausedWriter, WithoutCredentialsPublishOfAnUnknownClusterIsNotFound) {
+  const std::string unknown_cluster =
+      "0001-0007-nowhere-0000000000000001-00000000-0000-5000-8000-000000000000";
+  auto stub = v1::Controller::NewStub(channel);
+  v1::ControllerPublishVolumeRequest req;
+  req.set_volume_id(unknown_cluster);
+  req.set_node_id("e2e-node");
+  *req.mutable_volume_capability() = mount_cap();
+  v1::ControllerPublishVolumeResponse resp;
+  const grpc::Status s = call([&](grpc::ClientContext* c, const auto& r, auto* p) {
+    return stub->ControllerPublishVolume(c, r, p);
+  }, req, &resp);
+  EXPECT_CODE(s, StatusCode::NOT_FOUND);
+  EXPECT_NE(s.error_message().find("nowhere"), std::string::npos) << s.error_message();
+}
+
 }  // namespace
