@@ -570,6 +570,7 @@ VolumeStatus readopt(const std::string& stash_path, const AttachOptions& o) {
     if (s.cephx_key_in_keyring && !(key = load_secret(s.volume_id, kCephx)))
       throw Error(ENOKEY, cat("volume ", s.volume_id, ": cephx key not in the secret store ", secret_root(), "; "
                               "detach it and attach again"));
+    refuse_if_taken_since(s, key ? &*key : nullptr);
     progress(o, cat("restarting the gateway for ", s.image, " (volume ", s.volume_id, ")"));
     // A read-write gateway takes the dead one's exclusive lock over itself
     // (same node, same boot, its pid gone: rbd/exclusive_lock.hpp).

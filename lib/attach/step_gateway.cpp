@@ -72,6 +72,38 @@ void refuse_if_in_use(const Stash& s, const SecretBuffer* cephx_key, const Error
 
 }  // namespace
 
+// Before a dead read-write gateway is restarted for a volume still up here
+// (readopt, a detach's restart to flush): the new gateway is a new RADOS
+// client, not blocklisted, and would write this node's cached writes (the
+// page cache, a half-flushed filesystem) to the image. That is right only
+// while nobody else has written the volume since this node's gateway held
+// it: the lock is still that gateway's, or free with its holder record
+// still naming that gateway. Otherwise (it was fenced and another client
+// held the volume since) this node's view is stale: Error(ESTALE), nothing
+// restarted.
+void refuse_if_taken_since(const Stash& s, const SecretBuffer* cephx_key) {
+  if (s.read_only || s.gateway_client.empty()) return;
+  auto cluster = rbd::Cluster::connect(cluster_of(s, cephx_key));
+  auto img = rbd::Image::open(cluster, rbd::ImageSpec::parse(s.image), rbd::Image::Mode::read_only);
+  const auto o = rbd::lock_owner(img);
+  if (o && o->client == s.gateway_client) return;
+  std::string since;
+  if (o) {
+    since = cat(o->client, o->holder ? cat(" on node ", o->holder->node) : std::string(),
+                " holds the volume's exclusive lock now");
+  } else {
+    const auto h = rbd::read_holder(img);
+    if (h && h->client == s.gateway_client) return;
+    since = h ? cat(h->client, " on node ", h->node, " has held it since ", h->since)
+              : std::string("no holder record says who held it since");
+  }
+  throw Error(ESTALE, cat("volume ", s.volume_id, " (", s.image, "): its gateway ", s.gateway_client,
+                          " lost the exclusive lock before it died (fenced), and ", since,
+                          ": this node's cached writes are stale and must never reach the image, so "
+                          "the gateway is not restarted. Unmap it with --force (rbdgw unmap --force; "
+                          "NodeUnstageVolume forces after its timeout), which discards them"));
+}
+
 // Starts the gateway for s on s.socket, with the secrets on fds 3 and 4.
 // A gateway left by an earlier start that was not recorded is stopped
 // first; the new one is recorded (save) before it is waited for.

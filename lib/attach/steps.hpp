@@ -112,6 +112,9 @@ void wait_ready(const ProcessRef& p, const std::string& what, const std::string&
 void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
                    const SecretBuffer* passphrase, std::chrono::seconds timeout,
                    const std::function<void()>& save);
+// Throws Error(ESTALE) when another client has held the volume's lock since
+// its (now dead) read-write gateway s.gateway_client did (step_gateway.cpp).
+void refuse_if_taken_since(const Stash& s, const SecretBuffer* cephx_key);
 // The addresses of the RADOS clients other than `cluster` watching img.
 std::vector<std::string> other_watchers(const rbd::Cluster& cluster, const rbd::Image& img);
 // The node named in holder records: v.node, or the host name.

@@ -69,6 +69,8 @@ std::optional<Export> served;
 // exclusive=true: once the lock is seen lost, it stays lost (the gateway
 // must be restarted to write again).
 std::atomic<bool> lock_lost{false};
+// exclusive=true: this gateway's RADOS client, as its holder record names it.
+std::string my_client;
 
 std::string node_name() { return config.node.empty() ? rbd::host_name() : config.node; }
 
@@ -84,11 +86,19 @@ void require_lock() {
   if (!config.exclusive) return;
   if (!lock_lost && rbd::owns_lock(served->image)) return;
   if (!lock_lost) {
-    const int r = rbd_lock_acquire(served->image.handle(), RBD_LOCK_MODE_EXCLUSIVE);
+    int r = rbd_lock_acquire(served->image.handle(), RBD_LOCK_MODE_EXCLUSIVE);
     if (r == 0 && rbd::owns_lock(served->image)) {
-      nbdkit_debug("rbd: %s: the exclusive lock was let go by librbd and taken again",
-                   config.spec->str().c_str());
-      return;
+      // Only if nobody else held the image in between (a lock broken without
+      // blocklisting, then taken and let go by another writer): this
+      // gateway's cache would be stale.
+      const auto rec = rbd::read_holder(served->image);
+      if (rec && rec->client == my_client) {
+        nbdkit_debug("rbd: %s: the exclusive lock was let go by librbd and taken again",
+                     config.spec->str().c_str());
+        return;
+      }
+      rbd_lock_release(served->image.handle());
+      r = -ESTALE;
     }
     if (!lock_lost.exchange(true))
       nbdkit_error("%s: this gateway lost the image's exclusive lock (%s: broken by another "
@@ -197,6 +207,7 @@ int rbd_after_fork() {
     rbd::Image img = rbd::open_export(config);
     if (config.exclusive) {
       const rbd::Holder h = rbd::acquire_for_life(img, rbd::this_process(node_name()));
+      my_client = h.client;
       nbdkit_debug("rbd: %s: holding the exclusive lock for good as %s on node %s",
                    config.spec->str().c_str(), h.client.c_str(), h.node.c_str());
     }
