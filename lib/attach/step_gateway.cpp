@@ -85,15 +85,22 @@ void refuse_if_taken_since(const Stash& s, const SecretBuffer* cephx_key) {
   if (s.read_only || s.gateway_client.empty()) return;
   auto cluster = rbd::Cluster::connect(cluster_of(s, cephx_key));
   auto img = rbd::Image::open(cluster, rbd::ImageSpec::parse(s.image), rbd::Image::Mode::read_only);
+  // This node's last gateway: the recorded client, or (its caller died
+  // before it recorded the client) the recorded process.
+  const auto ours = [&](const std::string& client, const std::optional<rbd::Holder>& h) {
+    return client == s.gateway_client ||
+           (h && h->node == s.node && h->pid == s.gateway.pid &&
+            h->pid_start == s.gateway.start_time);
+  };
   const auto o = rbd::lock_owner(img);
-  if (o && o->client == s.gateway_client) return;
+  if (o && ours(o->client, o->holder)) return;
   std::string since;
   if (o) {
     since = cat(o->client, o->holder ? cat(" on node ", o->holder->node) : std::string(),
                 " holds the volume's exclusive lock now");
   } else {
     const auto h = rbd::read_holder(img);
-    if (h && h->client == s.gateway_client) return;
+    if (h && ours(h->client, h)) return;
     since = h ? cat(h->client, " on node ", h->node, " has held it since ", h->since)
               : std::string("no holder record says who held it since");
   }
