@@ -44,18 +44,9 @@ std::optional<rbd::Image> open_if_exists(const rbd::IoCtx& io, const std::string
 std::vector<std::string> other_watchers(const rbd::IoCtx& io, const rbd::Image& img) {
   const auto self =
       static_cast<std::int64_t>(rados_get_instance_id(rados_ioctx_get_cluster(io.handle())));
-  std::vector<rbd_image_watcher_t> w(8);
-  std::size_t n = w.size();
-  int r = rbd_watchers_list(img.handle(), w.data(), &n);
-  if (r == -ERANGE) {
-    w.resize(n);
-    r = rbd_watchers_list(img.handle(), w.data(), &n);
-  }
-  check(r, "rbd_watchers_list", img.spec());
   std::vector<std::string> others;
-  for (std::size_t i = 0; i < n; ++i)
-    if (w[i].id != self) others.emplace_back(w[i].addr);
-  rbd_watchers_list_cleanup(w.data(), n);
+  for (const auto& w : img.watchers())
+    if (w.id != self) others.push_back(w.addr);
   return others;
 }
 

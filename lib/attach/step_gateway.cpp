@@ -166,18 +166,9 @@ void start_gateway(Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
 
 std::vector<std::string> other_watchers(const rbd::Cluster& cluster, const rbd::Image& img) {
   const auto self = static_cast<std::int64_t>(rados_get_instance_id(cluster.handle()));
-  std::vector<rbd_image_watcher_t> w(8);
-  std::size_t n = w.size();
-  int r = rbd_watchers_list(img.handle(), w.data(), &n);
-  if (r == -ERANGE) {
-    w.resize(n);
-    r = rbd_watchers_list(img.handle(), w.data(), &n);
-  }
-  check(r, "rbd_watchers_list", img.spec());
   std::vector<std::string> others;
-  for (std::size_t i = 0; i < n; ++i)
-    if (w[i].id != self) others.emplace_back(w[i].addr);
-  rbd_watchers_list_cleanup(w.data(), n);
+  for (const auto& w : img.watchers())
+    if (w.id != self) others.push_back(w.addr);
   return others;
 }
 

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -162,18 +163,12 @@ namespace {
 // that died keeps the lock but loses its watch once the OSD times it out
 // (osd_client_watch_timeout, 30 s by default). Unknown counts as watching.
 bool watches(const Image& img, const std::string& client) {
-  std::vector<rbd_image_watcher_t> w(8);
-  std::size_t n = w.size();
-  int r = rbd_watchers_list(img.handle(), w.data(), &n);
-  if (r == -ERANGE) {
-    w.resize(n);
-    r = rbd_watchers_list(img.handle(), w.data(), &n);
+  try {
+    const auto w = img.watchers();
+    return std::any_of(w.begin(), w.end(), [&](const Image::Watcher& x) { return x.addr == client; });
+  } catch (const Error&) {
+    return true;
   }
-  if (r < 0) return true;
-  bool found = false;
-  for (std::size_t i = 0; i < n; ++i) found = found || client == w[i].addr;
-  rbd_watchers_list_cleanup(w.data(), n);
-  return found;
 }
 }  // namespace
 

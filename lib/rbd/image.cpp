@@ -200,6 +200,21 @@ bool Image::remove_meta(const std::string& key) {
   return true;
 }
 
+std::vector<Image::Watcher> Image::watchers() const {
+  std::vector<rbd_image_watcher_t> w(8);
+  std::size_t n = w.size();
+  int r = rbd_watchers_list(h_, w.data(), &n);
+  if (r == -ERANGE) {
+    w.resize(n);
+    r = rbd_watchers_list(h_, w.data(), &n);
+  }
+  check(r, "rbd_watchers_list", spec_);
+  std::vector<Watcher> out;
+  for (std::size_t i = 0; i < n; ++i) out.push_back({static_cast<std::int64_t>(w[i].id), w[i].addr});
+  rbd_watchers_list_cleanup(w.data(), n);
+  return out;
+}
+
 std::map<std::string, std::string> Image::list_meta() const {
   std::vector<char> keys(4096), vals(4096);
   size_t klen = keys.size(), vlen = vals.size();

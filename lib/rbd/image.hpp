@@ -87,6 +87,13 @@ class Image {
   bool remove_meta(const std::string& key);
   std::map<std::string, std::string> list_meta() const;
 
+  // The RADOS clients watching the image (gateways, rbd map, VMs ...).
+  struct Watcher {
+    std::int64_t id = 0;  // rados_get_instance_id of the client
+    std::string addr;     // its address, as rbd status and the lock owners give it
+  };
+  std::vector<Watcher> watchers() const;
+
   // Snapshots.
   void create_snap(const std::string& name);
   std::vector<std::string> list_snaps() const;

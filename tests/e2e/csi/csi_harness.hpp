@@ -44,7 +44,7 @@ std::string read_file(const std::string& p) {
   return ss.str();
 }
 
-void write_file(const std::string& p, const std::string& data) {
+[[maybe_unused]] void write_file(const std::string& p, const std::string& data) {
   std::ofstream(p) << data;
   int fd = ::open(p.c_str(), O_RDONLY);
   ASSERT_GE(fd, 0) << p;
