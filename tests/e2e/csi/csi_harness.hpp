@@ -15,6 +15,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <regex>
 #include <set>
@@ -174,10 +175,13 @@ class CsiE2E : public ::testing::Test {
     return rbd::Cluster::connect(o);
   }
 
-  static void start_daemon() {
+  // in_child runs in the daemon's process before it executes (a test that
+  // puts it into a cgroup, say).
+  static void start_daemon(const std::function<void()>& in_child = {}) {
     ::unlink(sock.c_str());  // a stale socket of a killed daemon
     daemon = ::fork();
     if (daemon == 0) {
+      if (in_child) in_child();
       std::string log = tmp + "/csi.log";
       int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
       ::dup2(fd, 1);

@@ -96,34 +96,14 @@ class PluginRestart : public CsiE2E {
   }
 
   static void start_daemon_in_cgroup() {
-    ::unlink(sock.c_str());
-    daemon = ::fork();
-    if (daemon == 0) {
+    start_daemon([] {
       // Into the "container" first, so that everything it starts itself
       // would be there too.
       int cg = ::open((cgroup + "/cgroup.procs").c_str(), O_WRONLY);
       if (cg < 0 || ::write(cg, "0", 1) != 1) _exit(126);
       ::close(cg);
       ::setenv("RBDGW_GATEWAY_HOST", host_sock.c_str(), 1);
-      std::string log = tmp + "/csi.log";
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-      ::dup2(fd, 1);
-      ::dup2(fd, 2);
-      std::vector<std::string> args = {csi_bin, "--endpoint=unix://" + sock,
-                                       "--cluster-config=" + tmp + "/clusters.json",
-                                       "--kms-config=" + tmp + "/kms.json",
-                                       "--node-id=e2e-node", "--attach=userspace",
-                                       "--state-dir=" + state, "--allowed-root=" + root};
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      _exit(127);
-    }
-    for (int i = 0; i < 300 && !fs::exists(sock); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    ASSERT_TRUE(fs::exists(sock)) << read_file(tmp + "/csi.log");
-    channel = grpc::CreateChannel("unix:" + sock, grpc::InsecureChannelCredentials());
+    });
   }
 
   static std::vector<pid_t> cgroup_pids() {
