@@ -34,6 +34,8 @@ packages=(
   keyutils  # keyctl: re-adoption tests under a fresh session keyring
   # tests
   libgtest-dev libgmock-dev python3 python3-cryptography python3-yaml jq
+  golang-go  # builds the vendored csi-sanity conformance suite (tests/e2e/csi-sanity)
+  python3-pykmip  # pykmip-server: the real KMIP server of the kmip KMS tests
   parted  # partition tables for lib/luks probe() tests
   clang  # libFuzzer target tests/fuzz/luks2-header (-fsanitize=fuzzer,address)
   # benchmarks and peers
