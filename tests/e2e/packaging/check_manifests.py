@@ -404,8 +404,22 @@ def check_controller(dep, driver_default, driver, version, out_dir, objs, csidri
     needs_resizer = any(s.get("allowVolumeExpansion") for s in storageclasses)
     check_sidecar_socket(dep, loc, r"resizer", "csi-address", "external-resizer", needs_resizer)
     check_attach(dep, loc, objs, csidriver, capabilities, storageclasses)
+    # Snapshots: the csi-snapshotter sidecar when the controller offers them
+    # (or a VolumeSnapshotClass names the driver), with its RBAC.
+    snapshots = (capabilities is not None and "CREATE_DELETE_SNAPSHOT" in capabilities) or \
+        bool(by_kind(objs, "VolumeSnapshotClass"))
+    if check_sidecar_socket(dep, loc, r"snapshotter", "csi-address", "external-snapshotter",
+                            snapshots) is not None:
+        sa = pod_spec(dep)["serviceAccountName"]
+        for res, verb in (("volumesnapshotcontents", "update"), ("volumesnapshotcontents/status", "update"),
+                          ("volumesnapshotclasses", "get")):
+            if not rbac_allows(objs, sa, dep["metadata"]["namespace"], "snapshot.storage.k8s.io", res, verb):
+                err(f"{dep['_where']}: the csi-snapshotter may not {verb} {res}")
+    for vsc in by_kind(objs, "VolumeSnapshotClass"):
+        if vsc.get("driver") != driver:
+            err(f"{vsc['_where']}: driver '{vsc.get('driver')}' is not '{driver}'")
     check_liveness(dep, c, loc)
-    for sidecar in containers_named(pod_spec(dep), r"provisioner|resizer|attacher"):
+    for sidecar in containers_named(pod_spec(dep), r"provisioner|resizer|attacher|snapshotter"):
         sf, _ = flags(sidecar)
         if sf.get("leader-election") == "true":
             ns = sf.get("leader-election-namespace", dep["metadata"].get("namespace"))
@@ -566,7 +580,8 @@ def main():
             capabilities = {l.strip() for l in f if l.strip()}
     objs = load(manifest_dir)
     nss = [o["metadata"]["name"] for o in by_kind(objs, "Namespace")]
-    cluster_scoped = {"Namespace", "CSIDriver", "StorageClass", "ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"Namespace", "CSIDriver", "StorageClass", "ClusterRole", "ClusterRoleBinding",
+                      "VolumeSnapshotClass"}
     for o in objs:
         ns = o["metadata"].get("namespace")
         if o["kind"] in cluster_scoped and ns:
