@@ -2,6 +2,7 @@
 // file through FUSE, for a loop device to sit on.
 //
 //   rbdgw-fuse [--name NAME] [--readonly] [--no-punch-hole] [--connections N]
+//              [--threads N] [--max-background N] [--clone-fd]
 //              [--reconnect-timeout SECONDS] [--size-file PATH] SOCKET FILE
 //
 // FILE (an existing regular file) is covered by a FUSE mount whose root is
@@ -89,6 +90,13 @@ struct Options {
   bool no_punch_hole = false;
   int connections = 4;
   int reconnect_timeout = 300;
+  // FUSE request threads (libfuse's multithreaded loop; all kept alive),
+  // the kernel's cap on async (background) requests in flight (the loop
+  // device's direct I/O arrives as async direct I/O; 0: the kernel's
+  // default, 12), and clone_fd (one /dev/fuse fd per thread).
+  int threads = 16;
+  int max_background = 0;
+  bool clone_fd = false;
 };
 Options opts;
 
@@ -313,6 +321,10 @@ void signal_loop(sigset_t set) {
 bool is_root(const char* path) { return std::strcmp(path, "/") == 0; }
 
 void* fs_init(fuse_conn_info* conn, fuse_config* cfg) {
+  if (opts.max_background > 0) {
+    conn->max_background = static_cast<unsigned>(opts.max_background);
+    conn->congestion_threshold = static_cast<unsigned>(opts.max_background * 3 / 4);
+  }
   cfg->direct_io = 1;
   cfg->attr_timeout = 1;
   cfg->entry_timeout = 1;
@@ -395,7 +407,8 @@ int fs_truncate(const char*, off_t size, fuse_file_info*) {
 [[noreturn]] void usage(const std::string& msg) {
   std::fprintf(stderr,
                "rbdgw-fuse: %s\nusage: rbdgw-fuse [--name NAME] [--readonly] [--no-punch-hole] [--connections N] "
-               "[--reconnect-timeout SECONDS] [--size-file PATH] SOCKET FILE\n",
+               "[--threads N] [--max-background N] [--clone-fd] [--reconnect-timeout SECONDS] [--size-file PATH] "
+               "SOCKET FILE\n",
                msg.c_str());
   std::exit(2);
 }
@@ -422,6 +435,9 @@ void parse_args(int argc, char** argv) {
     else if (a == "--no-punch-hole") opts.no_punch_hole = true;
     else if (a == "--size-file") opts.size_file = value();
     else if (a == "--connections") opts.connections = parse_int(value(), "--connections", 1, 64);
+    else if (a == "--threads") opts.threads = parse_int(value(), "--threads", 1, 256);
+    else if (a == "--max-background") opts.max_background = parse_int(value(), "--max-background", 0, 65535);
+    else if (a == "--clone-fd") opts.clone_fd = true;
     else if (a == "--reconnect-timeout")
       opts.reconnect_timeout = parse_int(value(), "--reconnect-timeout", 0, 86400 * 365);
     else if (a.starts_with("-")) usage("unknown option '" + a + "'");
@@ -484,7 +500,9 @@ int main(int argc, char** argv) {
       say("serving " + opts.socket + " at " + opts.file + " (" + std::to_string(export_size.load()) +
           " bytes)");
       fuse_loop_config* cfg = fuse_loop_cfg_create();
-      fuse_loop_cfg_set_max_threads(cfg, 16);
+      fuse_loop_cfg_set_max_threads(cfg, static_cast<unsigned>(opts.threads));
+      fuse_loop_cfg_set_idle_threads(cfg, static_cast<unsigned>(opts.threads));
+      fuse_loop_cfg_set_clone_fd(cfg, opts.clone_fd ? 1 : 0);
       rc = fuse_loop_mt(f, cfg) == 0 ? 0 : 1;
       fuse_loop_cfg_destroy(cfg);
       fuse_remove_signal_handlers(fuse_get_session(f));
