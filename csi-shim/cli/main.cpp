@@ -31,6 +31,10 @@
 namespace fs = std::filesystem;
 using namespace rbdgw;
 
+namespace rbdgw::cli {
+int cmd_serve(const std::vector<std::string>& argv);  // serve.cpp
+}
+
 namespace {
 
 const char* kUsage =
@@ -59,6 +63,8 @@ const char* kUsage =
     "      [--volume-id ID] --output FILE   writes the volume's LUKS passphrase (0600)\n"
     "  rotate-key IMAGE-SPEC --kms-id ID --kms-config F [--kms-secret-file F]\n"
     "      --new-kms-id ID [--new-kms-secret-file F] [--volume-id ID]\n"
+    "  serve --config FILE [--check]  NBD exports for remote clients over TCP/unix with\n"
+    "      TLS (PSK or x509), per-identity grants (see rbdgw(8), docs/serve.md)\n"
     "CLUSTER-OPTIONS: [--conf F] [--id USER] [--keyring F | --key-file F] [--mon-host H]\n"
     "Exit status: 0 ok, 1 failure, 2 bad input, 3 not found, 4 busy, 5 holds data,\n"
     "6 not possible on this node, 7 wrong secret.\n";
@@ -437,6 +443,7 @@ int main(int argc, char** argv) {
     if (cmd == "format") return cmd_format(rest);
     if (cmd == "dek") return cmd_dek(rest);
     if (cmd == "rotate-key") return cmd_rotate_key(rest);
+    if (cmd == "serve") return cli::cmd_serve(rest);
     throw Usage(cat("unknown command '", cmd, "'"));
   } catch (const Usage& e) {
     std::cerr << "rbdgw: " << e.what() << " (see rbdgw --help)\n";
