@@ -21,6 +21,7 @@
 #include <mutex>
 #include <sstream>
 
+#include "attach/mount_options.hpp"
 #include "attach/nbd_netlink.hpp"
 #include "attach/secret_store.hpp"
 #include "attach/steps.hpp"
@@ -336,6 +337,7 @@ Stash attach(const Volume& v, const AttachOptions& o) {
     throw Error(EINVAL, cat("attach ", v.id, ": encrypted volume without a passphrase"));
   if (!v.block) {
     mkfs_argv(v.fstype, "-");  // validates the fstype
+    parse_mount_options(v.mount_options, v.fstype, v.read_only);  // refused before anything starts
     if (v.target.empty() || v.target[0] != '/')
       throw Error(EINVAL, cat("attach ", v.id, ": target '", v.target, "' is not an absolute path"));
     if (!fs::is_directory(v.target))

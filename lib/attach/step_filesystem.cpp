@@ -4,9 +4,11 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <optional>
 
+#include "attach/mount_options.hpp"
 #include "attach/steps.hpp"
 #include "luks/probe.hpp"
 #include "rbd/allocation.hpp"
@@ -108,10 +110,20 @@ void filesystem_run(Context& c) {
 void mount_run(Context& c) {
   Stash& s = c.s;
   if (s.block) return;
-  progress(c.o, cat("mounting ", s.device, " on ", s.target));
-  if (::mount(s.device.c_str(), s.target.c_str(), s.fstype.c_str(), s.read_only ? MS_RDONLY : 0,
-              s.mount_options.empty() ? nullptr : s.mount_options.c_str()) < 0)
-    throw_errno("mount", cat(s.device, " on ", s.target), errno);
+  // Generic options become mount(2) flags, the rest the filesystem's data;
+  // nodev,nosuid unless dev/suid was asked (attach/mount_options.hpp).
+  const MountOptions mo = parse_mount_options(s.mount_options, s.fstype, s.read_only);
+  progress(c.o, cat("mounting ", s.device, " on ", s.target,
+                    s.mount_options.empty() ? "" : cat(" (", s.mount_options, ")")));
+  if (::mount(s.device.c_str(), s.target.c_str(), s.fstype.c_str(), mo.stage_flags(s.read_only),
+              mo.data.empty() ? nullptr : mo.data.c_str()) < 0) {
+    const int err = errno;
+    if (err == EINVAL && !mo.data.empty())
+      throw Error(EINVAL, cat("mount ", s.device, " on ", s.target, ": ", std::strerror(err),
+                              ": the kernel's ", s.fstype, " refused the filesystem options '",
+                              mo.data, "' (of '", s.mount_options, "')"));
+    throw_errno("mount", cat(s.device, " on ", s.target), err);
+  }
   s.mounted = true;
   c.save();
 }
