@@ -27,6 +27,7 @@
 #include "kms/volume_encryption.hpp"
 #include "luks/volume_format.hpp"
 #include "rbd/image.hpp"
+#include "rotate_key.hpp"
 
 namespace fs = std::filesystem;
 using namespace rbdgw;
@@ -61,8 +62,11 @@ const char* kUsage =
     "      makes its filesystem); an image holding data is refused.\n"
     "  dek unwrap IMAGE-SPEC --kms-id ID --kms-config F [--kms-secret-file F]\n"
     "      [--volume-id ID] --output FILE   writes the volume's LUKS passphrase (0600)\n"
-    "  rotate-key IMAGE-SPEC --kms-id ID --kms-config F [--kms-secret-file F]\n"
-    "      --new-kms-id ID [--new-kms-secret-file F] [--volume-id ID]\n"
+    "  rotate-key IMAGE-SPEC [--kms-id ID] --kms-config F [--kms-secret-file F]\n"
+    "      --new-kms-id ID [--new-kms-secret-file F] [--volume-id ID] [--pbkdf P] [--node NAME]\n"
+    "      A new LUKS2 passphrase for the volume, kept by KMS --new-kms-id; the old keyslot\n"
+    "      is destroyed. --kms-id: the volume's KMS (default: as its metadata names it).\n"
+    "      Crash-safe; run it again to finish one that was stopped. The volume must be unmapped.\n"
     "  serve --config FILE [--check]  NBD exports for remote clients over TCP/unix with\n"
     "      TLS (PSK or x509), per-identity grants (see rbdgw(8), docs/serve.md)\n"
     "CLUSTER-OPTIONS: [--conf F] [--id USER] [--keyring F | --key-file F] [--mon-host H]\n"
@@ -109,6 +113,7 @@ class Args {
     auto it = opts_.find(n);
     return it == opts_.end() ? def : it->second;
   }
+  void set(const std::string& n, const std::string& v) { opts_[n] = v; }
   std::string need(const std::string& n) const {
     if (!has(n)) throw Usage(cat("option --", n, " is required"));
     return get(n);
@@ -387,16 +392,25 @@ int cmd_dek(const std::vector<std::string>& argv) {
   return 0;
 }
 
-int cmd_rotate_key(const std::vector<std::string>& argv) {
-  Args a(argv, {}, join({kClusterOpts, kKmsOpts, {"new-kms-id", "new-kms-secret-file"}}));
-  const auto spec = one_image(a);
-  auto cluster = rbd::Cluster::connect(cluster_options(a));
-  auto img = rbd::Image::open(cluster, spec);
-  kms::VolumeEncryption ve(build_kms(a, "kms-id", "kms-secret-file"), img,
-                           a.get("volume-id", attach::volume_id_for(spec)));
-  ve.rewrap(build_kms(a, "new-kms-id", "new-kms-secret-file"));
-  Progress{}(cat("re-wrapped the DEK of ", spec.str(), " with KMS '", a.get("new-kms-id"), "'"));
-  return 0;
+int cmd_rotate_key(const std::vector<std::string>& argv) {  // csi-shim/cli/rotate_key.cpp
+  Args a(argv, {}, join({kClusterOpts, kKmsOpts, {"new-kms-id", "new-kms-secret-file", "pbkdf", "node"}}));
+  cli::RotateKeyArgs r;
+  r.image = one_image(a);
+  r.cluster = cluster_options(a);
+  r.volume_id = a.get("volume-id", attach::volume_id_for(r.image));
+  if (a.has("kms-id")) r.from_id = a.get("kms-id");
+  r.to_id = a.need("new-kms-id");
+  (void)a.need("kms-config");
+  if (a.has("pbkdf")) r.pbkdf = parse_pbkdf(a.get("pbkdf"));
+  const char* node_env = std::getenv("RBDGW_NODE_NAME");
+  r.node = a.get("node", node_env ? node_env : "");
+  r.build = [&a](const std::string& id, bool is_new) {
+    Args b = a;
+    b.set(is_new ? "new-kms-id" : "kms-id", id);
+    return is_new ? build_kms(b, "new-kms-id", "new-kms-secret-file") : build_kms(b, "kms-id", "kms-secret-file");
+  };
+  r.progress = Progress{};
+  return cli::rotate_key(r);
 }
 
 int exit_status(int err) {

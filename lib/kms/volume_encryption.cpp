@@ -6,6 +6,7 @@
 #include "common/error.hpp"
 #include "common/log.hpp"
 #include "crypto/random.hpp"
+#include "kms/rotation.hpp"
 
 namespace rbdgw::kms {
 
@@ -50,7 +51,9 @@ void VolumeEncryption::create_dek() {
 
 SecretBuffer VolumeEncryption::passphrase() {
   DEKStore& store = store_for(*kms_);
-  auto wrapped = store.fetch_dek(volume_id_);
+  // A key rotation stopped half-way (kms/rotation.hpp) knows which DEK opens.
+  auto wrapped = rotation_wrapped_for(image_, kms_->id());
+  if (!wrapped) wrapped = store.fetch_dek(volume_id_);
   if (!wrapped)
     throw Error(ENOENT, cat(describe(), ": no DEK in ", store.describe(),
                             " (the volume was not prepared for encryption)"));

@@ -315,6 +315,40 @@ int Header::keyslot_count() const {
   return n;
 }
 
+bool Header::keyslot_active(int slot) const {
+  const crypt_keyslot_info s = crypt_keyslot_status(impl_->cd.get(), slot);
+  return s == CRYPT_SLOT_ACTIVE || s == CRYPT_SLOT_ACTIVE_LAST;
+}
+
+Pbkdf Header::keyslot_pbkdf(int slot) const {
+  crypt_pbkdf_type t{};
+  check(crypt_keyslot_get_pbkdf(impl_->cd.get(), slot, &t), "crypt_keyslot_get_pbkdf",
+        cat(impl_->object, " keyslot ", slot));
+  Pbkdf p;
+  const std::string_view type = t.type ? t.type : "";
+  if (type == CRYPT_KDF_PBKDF2) {
+    p.type = Pbkdf::Type::pbkdf2;
+  } else if (type == CRYPT_KDF_ARGON2ID) {
+    p.type = Pbkdf::Type::argon2id;
+    p.max_memory_kib = t.max_memory_kb;
+    p.parallel_threads = t.parallel_threads;
+  } else {
+    throw Error(ENOTSUP, cat(impl_->object, ": keyslot ", slot, " uses key derivation '", type,
+                             "'; give the new keyslot's explicitly"));
+  }
+  p.iterations = t.iterations;
+  return p;
+}
+
+void Header::destroy_keyslot(int slot) {
+  if (!keyslot_active(slot))
+    throw Error(ENOENT, cat(impl_->object, ": keyslot ", slot, " is not in use"));
+  if (keyslot_count() <= 1)
+    throw Error(EBUSY, cat(impl_->object, ": keyslot ", slot,
+                           " is the last one; removing it would make the data unreadable"));
+  check(crypt_keyslot_destroy(impl_->cd.get(), slot), "crypt_keyslot_destroy", impl_->object);
+}
+
 std::vector<std::uint8_t> Header::bytes() const {
   const std::uint64_t n = impl_->header_end();
   Fd f(::open(impl_->path.c_str(), O_RDONLY | O_CLOEXEC));

@@ -140,6 +140,15 @@ class Header {
   void remove_passphrase(const SecretBuffer& passphrase);
   // Number of active keyslots.
   int keyslot_count() const;
+  // Whether keyslot `slot` holds a key.
+  bool keyslot_active(int slot) const;
+  // The key derivation of keyslot `slot` (type and its fixed cost), to give
+  // a new keyslot the same.
+  Pbkdf keyslot_pbkdf(int slot) const;
+  // Destroys keyslot `slot` (its key material wiped). Refuses (EBUSY,
+  // nothing changed) when it is the last keyslot; an inactive slot is
+  // ENOENT.
+  void destroy_keyslot(int slot);
 
   // The header area, [0, data offset): for in-memory headers what to write
   // back to the volume; for devices a copy read from it.
