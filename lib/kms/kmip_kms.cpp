@@ -1,0 +1,128 @@
+#include "kms/kmip_kms.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+
+#include "common/base64.hpp"
+#include "common/error.hpp"
+#include "crypto/random.hpp"
+
+namespace rbdgw::kms {
+namespace {
+
+using json = nlohmann::json;
+using namespace kmip;
+
+Item crypto_parameters() {
+  // Field order of KMIP 1.4 section 2.1.5.
+  return structure(tag::cryptographic_parameters,
+                   {enumeration(tag::block_cipher_mode, block_cipher_mode_cbc),
+                    enumeration(tag::padding_method, padding_pkcs5),
+                    enumeration(tag::cryptographic_algorithm, algorithm_aes)});
+}
+
+// Go's encoding/json: an exact field name first, then one in any case.
+const json* find_field(const json& obj, const std::string& name) {
+  if (auto it = obj.find(name); it != obj.end()) return &*it;
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    const std::string& k = it.key();
+    if (k.size() == name.size() &&
+        std::equal(k.begin(), k.end(), name.begin(),
+                   [](char a, char b) { return std::tolower(a) == std::tolower(b); }))
+      return &*it;
+  }
+  return nullptr;
+}
+
+class KmipKMS final : public EncryptionKMS {
+ public:
+  KmipKMS(std::string id, KmipSettings s, std::string uid)
+      : id_(std::move(id)), client_(std::move(s)), uid_(std::move(uid)) {}
+
+  const std::string& id() const override { return id_; }
+  DEKStoreType requires_dek_store() const override { return DEKStoreType::metadata; }
+
+  std::string encrypt_dek(const std::string& volume_id, const SecretBuffer& plain_dek) override {
+    std::vector<std::uint8_t> nonce(kmip_nonce_size);
+    crypto::random_fill(nonce);
+    Item reply = call(op::encrypt, volume_id,
+                      structure(tag::request_payload,
+                                {text_string(tag::unique_identifier, uid_), crypto_parameters(),
+                                 byte_string(tag::data, plain_dek.bytes()),
+                                 byte_string(tag::iv_counter_nonce, nonce)}));
+    const Item& data = reply.need(tag::data, Type::byte_string,
+                                  cat(where(volume_id), ": KMIP Encrypt reply"));
+    if (data.bytes.empty() || data.bytes.size() % 16)
+      throw Error(EBADMSG, cat(where(volume_id), ": KMIP Encrypt returned ", data.bytes.size(),
+                               " bytes, not whole AES blocks"));
+    return json{{"dek", base64::encode(data.bytes)}, {"nonce", base64::encode(nonce)}}.dump();
+  }
+
+  SecretBuffer decrypt_dek(const std::string& volume_id, const std::string& wrapped) override {
+    const std::string w = cat(where(volume_id), ": wrapped DEK");
+    json doc = json::parse(wrapped, nullptr, false);
+    if (doc.is_discarded() || !doc.is_object())
+      throw Error(EBADMSG, cat(w, ": not a JSON object with \"dek\" and \"nonce\""));
+    auto field = [&](const char* name) {
+      const json* f = find_field(doc, name);
+      if (!f || !f->is_string())
+        throw Error(EBADMSG, cat(w, ": field \"", name, "\" is missing or not a string"));
+      try {
+        return base64::decode(f->get_ref<const std::string&>(), base64::Alphabet::standard,
+                              cat(w, ": field \"", name, "\""));
+      } catch (const Error& e) {
+        throw Error(EBADMSG, e.what());
+      }
+    };
+    auto sealed = field("dek");
+    auto nonce = field("nonce");
+    if (nonce.size() != kmip_nonce_size)
+      throw Error(EBADMSG, cat(w, ": nonce is ", nonce.size(), " bytes, not ", kmip_nonce_size));
+    if (sealed.empty() || sealed.size() % 16)
+      throw Error(EBADMSG, cat(w, ": \"dek\" is ", sealed.size(), " bytes, not whole AES blocks"));
+    Item reply = call(op::decrypt, volume_id,
+                      structure(tag::request_payload,
+                                {text_string(tag::unique_identifier, uid_), crypto_parameters(),
+                                 byte_string(tag::data, sealed),
+                                 byte_string(tag::iv_counter_nonce, nonce)}));
+    const Item& data = reply.need(tag::data, Type::byte_string,
+                                  cat(where(volume_id), ": KMIP Decrypt reply"));
+    return SecretBuffer(data.bytes.data(), data.bytes.size());
+  }
+
+ private:
+  std::string where(const std::string& volume_id) const {
+    return cat("KMS '", id_, "': volume ", volume_id);
+  }
+
+  Item call(std::uint32_t operation, const std::string& volume_id, Item payload) {
+    try {
+      return client_.call(operation, std::move(payload));
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      int code = e.code();
+      // A Decrypt the server could not do with this key (padding failed):
+      // the stored DEK was not wrapped by this key, as a wrong secret is
+      // for the metadata KMS.
+      throw Error(code, cat(m, " (key '", uid_, "', volume ", volume_id, ")"));
+    }
+  }
+
+  std::string id_;
+  KmipClient client_;
+  std::string uid_;
+};
+
+}  // namespace
+
+std::shared_ptr<EncryptionKMS> make_kmip_kms(std::string id, KmipSettings settings,
+                                             std::string unique_identifier) {
+  if (unique_identifier.empty())
+    throw Error(EINVAL, cat("KMS '", id, "': secret 'UNIQUE_IDENTIFIER' is empty"));
+  return std::make_shared<KmipKMS>(std::move(id), std::move(settings), std::move(unique_identifier));
+}
+
+}  // namespace rbdgw::kms
