@@ -88,14 +88,18 @@ struct Options {
   // discards and the kernel writes zeros itself: for an encrypted export,
   // where zeroing a discarded range would write encrypted zeros over it.
   bool no_punch_hole = false;
-  int connections = 4;
+  // One connection per FUSE thread: each request blocks its thread on one
+  // NBD request on a borrowed connection, so the fewer of the two is the
+  // number of requests in flight at the gateway (4 connections capped a
+  // loop device with 32 in flight at 4; issue 12).
+  int connections = 16;
   int reconnect_timeout = 300;
   // FUSE request threads (libfuse's multithreaded loop; all kept alive),
   // the kernel's cap on async (background) requests in flight (the loop
-  // device's direct I/O arrives as async direct I/O; 0: the kernel's
-  // default, 12), and clone_fd (one /dev/fuse fd per thread).
+  // device's direct I/O arrives as async direct I/O; the kernel's default
+  // is 12; 0 keeps it), and clone_fd (one /dev/fuse fd per thread).
   int threads = 16;
-  int max_background = 0;
+  int max_background = 32;
   bool clone_fd = false;
 };
 Options opts;

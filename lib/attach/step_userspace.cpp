@@ -50,10 +50,20 @@ void fuse_exporter_undo(Context& c) {
   if (!s.run_dir.empty()) stop_process(stray(s, fuse_pid_file(s)), 5s);
 }
 
-// Direct I/O off (the FUSE file is direct_io already).
+// Direct I/O on. The FUSE file is direct_io either way (no page cache
+// under the loop device); what direct I/O changes is how the loop driver
+// hands requests to the file: with it off, one worker reads or writes one
+// request at a time (a queue of 32 ran at its depth-1 speed); with it on,
+// every request is an async direct I/O to the file, all in flight at once
+// (FUSE async direct I/O, up to rbdgw-fuse's max_background), each still
+// completed only when rbdgw-fuse's NBD request has been answered. A flush
+// of the device is the same either way: fsync of the file, which
+// rbdgw-fuse sends as an NBD flush (test-cli-userspace-device-keeps-
+// requests-in-flight checks both; docs/benchmarks.md section 5 has the
+// figures).
 void loop_device_run(Context& c) {
   Stash& s = c.s;
-  std::vector<std::string> losetup = {"losetup", "--find", "--show", "--direct-io=off"};
+  std::vector<std::string> losetup = {"losetup", "--find", "--show", "--direct-io=on"};
   if (s.read_only) losetup.push_back("--read-only");
   losetup.push_back(s.fuse_file);
   // A loop device made just before a crash is found by its backing file.
