@@ -59,6 +59,21 @@ void bind_mount(const std::string& source, const std::string& target, bool read_
   }
 }
 
+void bind_mount(const std::string& source, const std::string& target,
+                const attach::MountOptions& o, bool read_only) {
+  constexpr unsigned long kAtime = MS_NOATIME | MS_RELATIME | MS_STRICTATIME;
+  unsigned long flags = (attach::mount_flags_of(source) | o.per_mount_set()) & ~o.per_mount_cleared();
+  if (o.atime_given() && !(flags & kAtime)) flags |= MS_RELATIME;  // "atime": the kernel's default
+  if (read_only) flags |= MS_RDONLY;
+  if (::mount(source.c_str(), target.c_str(), nullptr, MS_BIND, nullptr) != 0)
+    throw Error(errno, cat("mount --bind ", source, " ", target, ": ", std::strerror(errno)));
+  if (::mount(nullptr, target.c_str(), nullptr, MS_BIND | MS_REMOUNT | flags, nullptr) != 0) {
+    int err = errno;
+    ::umount2(target.c_str(), 0);
+    throw Error(err, cat("remount ", target, " with its mount flags: ", std::strerror(err)));
+  }
+}
+
 std::string read_only_loop(const std::string& device) {
   const attach::CommandResult r =
       attach::run_command({"losetup", "--find", "--show", "--read-only", device});

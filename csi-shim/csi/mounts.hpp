@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "attach/mount_options.hpp"
+
 namespace rbdgw::csi {
 
 // True if path is a mount point (listed in /proc/self/mountinfo).
@@ -15,6 +17,12 @@ bool is_read_only_mount(const std::string& path);
 // Bind-mounts source on target (an existing directory or file), read-only
 // when asked; undone if the read-only remount fails. Throws Error.
 void bind_mount(const std::string& source, const std::string& target, bool read_only);
+// Bind-mounts the mounted filesystem at source on target, then remounts
+// the bind (MS_BIND | MS_REMOUNT: the first bind takes no flags) with
+// source's per-mount flags changed by those `o` asks for or off, and
+// MS_RDONLY when read_only; undone if the remount fails. Throws Error.
+void bind_mount(const std::string& source, const std::string& target,
+                const attach::MountOptions& o, bool read_only);
 // Unmounts target; EBUSY (in use) is thrown as Error(EBUSY).
 void unmount(const std::string& target);
 

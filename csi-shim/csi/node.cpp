@@ -120,6 +120,8 @@ attach::Stash Node::staged_stash(const VolumeId& id, const std::string& staging)
 void Node::stage(const VolumeId& id, const std::string& staging, const Capability& cap,
                  const StringMap& secrets, const StringMap& context) {
   const std::string stash = stash_path(staging);
+  // Mount options are refused (INVALID_ARGUMENT naming them) before anything starts.
+  if (!cap.block) attach::parse_mount_options(cap.mount_options(), cap.fs_type, cap.read_only);
   if (auto other = indexed_stash(id); other && *other != stash && fs::exists(*other))
     throw Error(EBUSY, cat("volume '", id.str(), "' is already staged at '",
                            other->substr(0, other->size() - std::string(".rbdgw.json").size()), "'"));
@@ -211,7 +213,11 @@ void Node::publish(const VolumeId& id, const std::string& staging, const std::st
   if (s.block != cap.block)
     throw Error(EINVAL, cat("volume_capability: ", cap.block ? "block" : "mount",
                             " access, but the volume is staged for ", s.block ? "block" : "mount"));
-  const bool ro = read_only || cap.read_only || s.read_only;
+  // The publish's mount flags (its filesystem options were the stage's to apply).
+  const attach::MountOptions mo =
+      cap.block ? attach::MountOptions{} : attach::parse_mount_options(cap.mount_options(), s.fstype);
+  const bool ro = read_only || cap.read_only || s.read_only || mo.asks_read_only() ||
+                  (!cap.block && is_read_only_mount(staging));
   if (is_mount_point(target)) {
     if (is_read_only_mount(target) != ro)
       throw Error(EEXIST, cat("target_path '", target, "' is already published ",
@@ -243,7 +249,7 @@ void Node::publish(const VolumeId& id, const std::string& staging, const std::st
     }
   } else {
     fs::create_directories(target);
-    bind_mount(staging, target, ro);
+    bind_mount(staging, target, mo, ro);
   }
   log::info("NodePublishVolume: ", id.str(), " at ", target, ro ? " (read-only)" : "");
 }
