@@ -362,6 +362,10 @@ std::optional<std::string> rotation_wrapped_for(const rbd::Image& image, const s
   if (kms_id == r->to && r->step >= RotationStep::stored) return r->new_wrapped;
   if (kms_id == r->from && r->step < RotationStep::removed) return r->old_wrapped;
   if (kms_id == r->to && r->step >= RotationStep::added) return r->new_wrapped;
+  if (kms_id == r->from)
+    throw Error(EPERM, cat("image ", image.spec(), ": its key was rotated from KMS '", r->from, "' to KMS '",
+                           r->to, "' (the old keyslot is gone; rotate-key stopped before its very end: run "
+                           "it again to finish); use KMS '", r->to, "'"));
   return std::nullopt;
 }
 
