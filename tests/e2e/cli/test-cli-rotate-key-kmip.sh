@@ -16,6 +16,19 @@ source "$RBDGW_SOURCE_DIR/tests/e2e/kms/kmip-functions.sh"
 
 k="$TEST_TMP/kmip"
 mkdir "$k"
+# pykmip-server's policy-monitor child outlives a server killed -9 (kmip_stop's
+# and the cleanup's last resort): end every process of this server's config.
+_kmip_reap() {
+  local p
+  for p in $(ps -eo pid=,args= | awk -v c="$k/server.conf" 'index($0, c) {print $1}'); do
+    kill "$p" 2>/dev/null || true
+  done
+  sleep 0.5
+  for p in $(ps -eo pid=,args= | awk -v c="$k/server.conf" 'index($0, c) {print $1}'); do
+    kill -9 "$p" 2>/dev/null || true
+  done
+}
+cleanup_fn _kmip_reap
 kmip_start "$k"
 uid=$(kmip_tool "$k" create)
 printf '%s' "$uid" >"$k/creds/UNIQUE_IDENTIFIER"
@@ -111,6 +124,7 @@ pass "killed after 'added' towards kmip: opens with A, a re-run finishes with K"
 # Back to A, then the KMIP server down: a rotation to it changes nothing.
 cli rotate-key "rbd/$img" "${C[@]}" --kms-id K --new-kms-id A
 kmip_stop "$k"
+_kmip_reap
 snapshot_state before
 start=$(date +%s)
 if cli rotate-key "rbd/$img" "${C[@]}" --kms-id A --new-kms-id K 2>"$TEST_TMP/down.err"; then
