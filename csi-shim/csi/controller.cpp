@@ -8,6 +8,10 @@
 #include "common/error.hpp"
 #include "common/log.hpp"
 #include "csi/encryption.hpp"
+#include "kms/image_meta.hpp"
+#include "luks/layout.hpp"
+#include "luks/probe.hpp"
+#include "rbd/allocation.hpp"
 #include "rbd/exclusive_lock.hpp"
 
 namespace rbdgw::csi {
@@ -165,7 +169,43 @@ StringMap volume_context(const VolumeParams& p, const std::string& image) {
   return ctx;
 }
 
+bool is_encrypted(rbd::Image& img) {
+  return img.get_meta(kMetaKmsId).has_value() || kms::get_state(img) != kms::EncryptionState::none;
+}
+
+// What the volume offers: the image less the LUKS2 header of an encrypted one.
+std::uint64_t capacity_of(rbd::Image& img) {
+  const std::uint64_t size = img.size();
+  const std::uint64_t overhead = encryption_overhead(img);
+  return size > overhead ? size - overhead : 0;
+}
+
 }  // namespace
+
+VolumeId parse_existing_volume_id(std::string_view id) {
+  try {
+    return VolumeId::parse(id);
+  } catch (const Error& e) {
+    if (e.code() != EINVAL) throw;
+    throw Error(ENOENT, cat(e.what(), ": no such volume"));
+  }
+}
+
+std::uint64_t encryption_overhead(rbd::Image& img) {
+  if (!is_encrypted(img)) return 0;
+  std::vector<std::uint8_t> first(4096);
+  const std::uint64_t size = img.size();
+  first.resize(static_cast<std::size_t>(std::min<std::uint64_t>(first.size(), size)));
+  img.read(0, first.data(), first.size());
+  if (luks::probe(first).content != luks::Content::luks2) return kLuksHeaderRoom;  // not formatted yet
+  try {
+    return luks::inspect_header(rbd::raw_reader(img), img.spec()).data_offset;
+  } catch (const Error& e) {
+    log::warn(img.spec(), ": its LUKS2 header does not parse (", e.what(), "); counting ",
+              kLuksHeaderRoom, " bytes for it");
+    return kLuksHeaderRoom;
+  }
+}
 
 VolumeLocation Controller::locate(const VolumeId& id, const StringMap& secrets) const {
   const ClusterEntry* entry = clusters_.find(id.cluster_id);
@@ -181,7 +221,9 @@ CreatedVolume Controller::create(const std::string& name, const VolumeParams& pa
                                  std::int64_t required_bytes, std::int64_t limit_bytes,
                                  const StringMap& secrets) {
   const ClusterEntry& entry = cluster_for(clusters_, params.cluster_id);
-  const std::uint64_t size = size_for_range(required_bytes, limit_bytes);
+  const std::uint64_t size = size_for_range(required_bytes, limit_bytes);  // the capacity
+  // An encrypted volume's LUKS2 header goes on top: its plaintext is size.
+  const std::uint64_t image_size = params.encrypted ? size + kLuksHeaderRoom : size;
   if (params.encrypted) check_kms(params.kms_id, secrets);
   auto cluster = rbd::Cluster::connect(cluster_options(entry, secrets));
   rbd::IoCtx io = cluster.open_ioctx(params.pool, entry.rados_namespace);
@@ -199,30 +241,41 @@ CreatedVolume Controller::create(const std::string& name, const VolumeParams& pa
       if (*p != canonical)
         throw Error(EEXIST, cat("volume '", name, "' already exists with other parameters (", *p,
                                 ")"));
-      const std::uint64_t have = image->size();
+      // The capacity it offers; a volume made the old way (header inside,
+      // no kMetaHeaderOnTop) was made for its image size.
+      const std::uint64_t offers = capacity_of(*image);
+      const bool old_style = params.encrypted && !image->get_meta(kMetaHeaderOnTop);
+      const std::uint64_t have = old_style ? image->size() : offers;
       if (have < size || (limit_bytes > 0 && have > static_cast<std::uint64_t>(limit_bytes)))
         throw Error(EEXIST, cat("volume '", name, "' already exists with size ", have,
                                 ", which does not fit the requested capacity range"));
-      log::info("CreateVolume: '", name, "' exists as ", image->spec());
-      return {id, have, volume_context(params, image_name)};
+      log::info("CreateVolume: '", name, "' exists as ", image->spec(),
+                old_style ? cat(" (made with its LUKS2 header inside: it offers ", offers,
+                                " bytes; an expand grows it to capacity + header)")
+                          : std::string());
+      return {id, offers, volume_context(params, image_name)};
     }
     log::info("CreateVolume: finishing the half-done create of ", image->spec());
+    if (image->size() < image_size) image->resize(image_size);  // made before the header went on top
   } else {
     rbd::CreateOptions co;
-    co.size = size;
+    co.size = image_size;
     co.features = params.image_features;
     co.data_pool = params.data_pool;
     rbd::create_image(io, image_name, co);
     image = rbd::Image::open(io, image_name);
-    log::info("CreateVolume: created ", image->spec(), " (", size, " bytes) for '", name, "'");
+    log::info("CreateVolume: created ", image->spec(), " (", image_size, " bytes",
+              params.encrypted ? cat(": ", size, " of plaintext and the LUKS2 header") : std::string(),
+              ") for '", name, "'");
   }
   image->set_meta(kMetaName, name);
   if (params.encrypted) {
+    image->set_meta(kMetaHeaderOnTop, std::to_string(kLuksHeaderRoom));
     image->set_meta(kMetaKmsId, params.kms_id);
     prepare_encryption(*image, id, params.kms_id, secrets);
   }
   image->set_meta(kMetaParams, canonical);  // last: marks the create complete
-  return {id, image->size(), volume_context(params, image_name)};
+  return {id, capacity_of(*image), volume_context(params, image_name)};
 }
 
 void Controller::remove(const VolumeId& id, const StringMap& secrets) {
@@ -338,9 +391,25 @@ std::uint64_t Controller::expand(const VolumeId& id, std::int64_t required_bytes
   const std::uint64_t size = size_for_range(required_bytes, limit_bytes, 0);
   if (size == 0) throw Error(EINVAL, "capacity range: required_bytes is missing");
   VolumeLocation loc = locate(id, secrets);
-  rbd::Image image = rbd::Image::open(loc.io, loc.image);
+  std::optional<rbd::Image> opened = open_if_exists(loc.io, loc.image);
+  if (!opened)
+    throw Error(ENOENT, cat("volume '", id.str(), "': image ", loc.io.str(), "/", loc.image,
+                            " does not exist"));
+  rbd::Image& image = *opened;
+  // An encrypted volume's image carries its LUKS2 header on top of the
+  // capacity (an old-style one, header inside, gets it on top now).
+  const bool encrypted = is_encrypted(image);
+  const std::uint64_t overhead = encryption_overhead(image);
+  const std::uint64_t target = size + overhead;
   const std::uint64_t have = image.size();
-  if (have >= size) return have;
+  const auto mark_header_on_top = [&] {
+    if (encrypted && !image.get_meta(kMetaHeaderOnTop))
+      image.set_meta(kMetaHeaderOnTop, std::to_string(overhead));
+  };
+  if (have >= target) {
+    mark_header_on_top();
+    return have - overhead;
+  }
   // A lock owner that watches the image does the resize for us (librbd
   // forwards it); one that does not would be fenced by it (refuse_if_locked).
   std::optional<rbd::LockOwner> owner;
@@ -353,14 +422,22 @@ std::uint64_t Controller::expand(const VolumeId& id, std::int64_t required_bytes
     throw Error(EBUSY, cat("volume '", id.str(), "' not resized: ", rbd::in_use_message(image, *owner),
                            " (its client no longer watches the image: paused, cut off from the cluster, "
                            "or dead; a resize now would fence it); retry once it is back"));
-  image.resize(size);
-  log::info("ControllerExpandVolume: ", image.spec(), " ", have, " -> ", size, " bytes");
-  return image.size();
+  image.resize(target);
+  mark_header_on_top();
+  log::info("ControllerExpandVolume: ", image.spec(), " ", have, " -> ", target, " bytes",
+            encrypted ? cat(" (", size, " of plaintext and the LUKS2 header of ", overhead, ")")
+                      : std::string());
+  return image.size() - overhead;
 }
 
 void Controller::check_exists(const VolumeId& id, const StringMap& secrets) {
   VolumeLocation loc = locate(id, secrets);
-  rbd::Image::open(loc.io, loc.image);  // throws ENOENT when missing
+  try {
+    rbd::Image::open(loc.io, loc.image, {}, rbd::Image::Mode::read_only);
+  } catch (const Error& e) {
+    if (e.code() != ENOENT) throw;
+    throw Error(ENOENT, cat("volume '", id.str(), "': ", e.what()));  // names the volume too
+  }
 }
 
 }  // namespace rbdgw::csi

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "csi/config.hpp"
 #include "csi/volume_id.hpp"
@@ -26,6 +27,25 @@ namespace rbdgw::csi {
 inline constexpr const char* kMetaName = "rbdgw.csi/name";
 inline constexpr const char* kMetaParams = "rbdgw.csi/params";
 inline constexpr const char* kMetaKmsId = "rbdgw.csi/encryptionKMSID";
+// Set on an encrypted volume whose image carries the LUKS2 header on top of
+// the plaintext it was asked for (image = capacity + header); its value is
+// the header room reserved. Volumes without it were made the old way (and
+// ceph-csi's are like that): the image is the requested size, the header
+// inside it, until an expand grows them to capacity + header.
+inline constexpr const char* kMetaHeaderOnTop = "rbdgw.csi/luksHeaderOnTop";
+// The room a new encrypted volume reserves for its LUKS2 header: the data
+// offset of the LUKS2 format lib/luks writes (16 MiB).
+inline constexpr std::uint64_t kLuksHeaderRoom = std::uint64_t{16} << 20;
+
+// A volume ID from a request about an existing volume. A malformed ID names
+// no volume of ours, so Error(ENOENT) (NOT_FOUND) with the parse error as
+// the cause, where VolumeId::parse says EINVAL.
+VolumeId parse_existing_volume_id(std::string_view id);
+
+// Bytes of the image before its plaintext: 0 for a plain volume, the LUKS2
+// header's data offset when the image holds one, else kLuksHeaderRoom (the
+// header the first stage will write).
+std::uint64_t encryption_overhead(rbd::Image& image);
 
 struct CreatedVolume {
   VolumeId id;
@@ -43,7 +63,10 @@ class Controller {
  public:
   explicit Controller(ClusterConfig clusters) : clusters_(std::move(clusters)) {}
 
-  // Creates (or finds, for a repeated request) the volume for name.
+  // Creates (or finds, for a repeated request) the volume for name. An
+  // encrypted volume's image is the capacity plus kLuksHeaderRoom, so that
+  // its plaintext is at least what was asked for; CreatedVolume::size is
+  // the capacity the volume offers (the plaintext).
   // Throws Error: EINVAL (unknown clusterID, bad secrets), ENOENT (pool),
   // EEXIST (name reused with other parameters or size), cluster errors.
   CreatedVolume create(const std::string& name, const VolumeParams& params,
@@ -88,8 +111,12 @@ class Controller {
   // A volume that no longer exists is success.
   void unpublish(const VolumeId& id, const std::string& node, const StringMap& secrets);
 
-  // Grows the image to the MiB-rounded size for the range (never shrinks);
-  // returns the size after. ENOENT for a missing volume, ERANGE for a bad range.
+  // Grows the volume to offer the MiB-rounded size for the range (never
+  // shrinks): an encrypted volume's image to that plus its LUKS2 header's
+  // data offset (an old-style volume, header inside, grows to required +
+  // header too). Returns the capacity after: what the volume offers (the
+  // plaintext of an encrypted one). ENOENT for a missing volume, ERANGE for a
+  // bad range.
   std::uint64_t expand(const VolumeId& id, std::int64_t required_bytes,
                        std::int64_t limit_bytes, const StringMap& secrets);
 

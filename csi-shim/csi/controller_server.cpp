@@ -1,5 +1,7 @@
 #include "csi/controller_server.hpp"
 
+#include <optional>
+
 #include "csi/capability.hpp"
 #include "csi/status.hpp"
 
@@ -36,10 +38,18 @@ grpc::Status ControllerServer::DeleteVolume(grpc::ServerContext*,
                                             v1::DeleteVolumeResponse*) {
   return guard("DeleteVolume", [&] {
     require(!req->volume_id().empty(), "volume_id", "missing");
-    const VolumeId id = VolumeId::parse(req->volume_id());
+    std::optional<VolumeId> id;
+    try {
+      id = VolumeId::parse(req->volume_id());
+    } catch (const Error& e) {
+      if (e.code() != EINVAL) throw;
+      // Not an ID of ours: no such volume, so it is deleted (the spec's OK).
+      log::info("DeleteVolume: ", e.what(), ": no such volume, nothing to delete");
+      return;
+    }
     Secrets secrets(req->secrets());
     auto lock = locks_.try_acquire(req->volume_id());
-    controller_.remove(id, secrets.map);
+    controller_.remove(*id, secrets.map);
   });
 }
 
@@ -54,7 +64,7 @@ grpc::Status ControllerServer::ControllerPublishVolume(grpc::ServerContext*,
     require(!req->node_id().empty(), "node_id", "missing");
     require(req->has_volume_capability(), "volume_capability", "missing");
     const Capability cap = parse_capability(req->volume_capability(), "volume_capability");
-    const VolumeId id = VolumeId::parse(req->volume_id());
+    const VolumeId id = parse_existing_volume_id(req->volume_id());
     Secrets secrets(req->secrets());
     auto lock = locks_.try_acquire(req->volume_id());
     controller_.publish(id, req->node_id(), cap.read_only || req->readonly(), secrets.map);
@@ -69,10 +79,18 @@ grpc::Status ControllerServer::ControllerUnpublishVolume(
     v1::ControllerUnpublishVolumeResponse*) {
   return guard("ControllerUnpublishVolume", [&] {
     require(!req->volume_id().empty(), "volume_id", "missing");
-    const VolumeId id = VolumeId::parse(req->volume_id());
+    std::optional<VolumeId> id;
+    try {
+      id = VolumeId::parse(req->volume_id());
+    } catch (const Error& e) {
+      if (e.code() != EINVAL) throw;
+      // Not an ID of ours: no such volume, so it is not published anywhere.
+      log::info("ControllerUnpublishVolume: ", e.what(), ": no such volume, nothing to unpublish");
+      return;
+    }
     Secrets secrets(req->secrets());
     auto lock = locks_.try_acquire(req->volume_id());
-    controller_.unpublish(id, req->node_id(), secrets.map);
+    controller_.unpublish(*id, req->node_id(), secrets.map);
   });
 }
 
@@ -82,7 +100,7 @@ grpc::Status ControllerServer::ValidateVolumeCapabilities(
   return guard("ValidateVolumeCapabilities", [&] {
     require(!req->volume_id().empty(), "volume_id", "missing");
     require(req->volume_capabilities_size() > 0, "volume_capabilities", "missing");
-    const VolumeId id = VolumeId::parse(req->volume_id());
+    const VolumeId id = parse_existing_volume_id(req->volume_id());
     Secrets secrets(req->secrets());
     controller_.check_exists(id, secrets.map);
     if (std::string why = unsupported_reason(req->volume_capabilities()); !why.empty()) {
@@ -119,7 +137,7 @@ grpc::Status ControllerServer::ControllerExpandVolume(
   return guard("ControllerExpandVolume", [&] {
     require(!req->volume_id().empty(), "volume_id", "missing");
     require(req->has_capacity_range(), "capacity_range", "missing");
-    const VolumeId id = VolumeId::parse(req->volume_id());
+    const VolumeId id = parse_existing_volume_id(req->volume_id());
     bool block = false;
     if (req->has_volume_capability())
       block = parse_capability(req->volume_capability(), "volume_capability").block;

@@ -278,10 +278,37 @@ void Node::unpublish(const VolumeId& id, const std::string& target) {
   log::info("NodeUnpublishVolume: ", id.str(), " from ", target);
 }
 
+bool Node::staged_here(const VolumeId& id) const {
+  auto stash = indexed_stash(id);
+  return stash && fs::exists(*stash);
+}
+
 VolumeStats Node::stats(const VolumeId& id, const std::string& path) {
+  const auto stash = indexed_stash(id);
+  if (!stash || !fs::exists(*stash))
+    throw Error(ENOENT, cat("volume '", id.str(), "' is not staged on this node"));
   struct stat st{};
   if (::stat(path.c_str(), &st) != 0)
     throw Error(ENOENT, cat("volume_path '", path, "' of volume '", id.str(), "' does not exist"));
+  {
+    // The staging path, a bind mount of its filesystem, or a block publish
+    // (the staged device, or a read-only publish's own loop device on it).
+    const std::string staging = stash->substr(0, stash->size() - std::string(".rbdgw.json").size());
+    const attach::Stash s = attach::load_stash(*stash);
+    struct stat sg{}, dev{};
+    bool here = path == staging;
+    if (!here && S_ISBLK(st.st_mode)) {
+      here = ::stat(s.device.c_str(), &dev) == 0 && S_ISBLK(dev.st_mode) && dev.st_rdev == st.st_rdev;
+      if (const auto r = load_publish_record(publish_record(path)); !here && r && r->target == path)
+        here = r->backing == s.device;
+    } else if (!here && S_ISDIR(st.st_mode)) {
+      here = !s.block && is_mount_point(path) && ::stat(staging.c_str(), &sg) == 0 &&
+             is_mount_point(staging) && sg.st_dev == st.st_dev;
+    }
+    if (!here)
+      throw Error(ENOENT, cat("volume '", id.str(), "' is neither staged nor published at '", path,
+                              "' (it is staged at '", staging, "')"));
+  }
   VolumeStats out;
   if (S_ISBLK(st.st_mode)) {
     out.block = true;

@@ -57,7 +57,11 @@ class Node {
                const Capability& cap, bool read_only);
   // Unmounts and removes target; success when it is not there.
   void unpublish(const VolumeId& id, const std::string& target);
-  // Usage of a staged or published path. ENOENT when path does not exist.
+  // Whether the node's index records the volume as staged (its stash exists).
+  bool staged_here(const VolumeId& id) const;
+  // Usage of a staged or published path. ENOENT when the volume is not
+  // staged on this node, or path is neither its staging path nor one of its
+  // publish targets (a bind mount of it, its device), or does not exist.
   VolumeStats stats(const VolumeId& id, const std::string& path);
   // Makes the staged volume's device see the grown image and grows the
   // filesystem to it (attach::refresh_size); returns the device size in

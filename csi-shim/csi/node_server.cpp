@@ -74,8 +74,17 @@ grpc::Status NodeServer::NodeGetVolumeStats(grpc::ServerContext*,
                                             const v1::NodeGetVolumeStatsRequest* req,
                                             v1::NodeGetVolumeStatsResponse* resp) {
   return guard("NodeGetVolumeStats", [&] {
-    const VolumeId id = volume_id(req->volume_id());
-    const std::string path = check_path("volume_path", req->volume_path(), node_.allowed_root());
+    require(!req->volume_id().empty(), "volume_id", "missing");
+    require(!req->volume_path().empty(), "volume_path", "missing");
+    const VolumeId id = parse_existing_volume_id(req->volume_id());
+    std::string path;
+    try {
+      path = check_path("volume_path", req->volume_path(), node_.allowed_root());
+    } catch (const Error& e) {
+      if (e.code() != EINVAL) throw;
+      // No volume is staged or published there.
+      throw Error(ENOENT, cat("volume '", id.str(), "' is not at ", e.what()));
+    }
     const VolumeStats s = node_.stats(id, path);
     auto* bytes = resp->add_usage();
     bytes->set_unit(v1::VolumeUsage::BYTES);
@@ -98,8 +107,16 @@ grpc::Status NodeServer::NodeExpandVolume(grpc::ServerContext*,
                                           const v1::NodeExpandVolumeRequest* req,
                                           v1::NodeExpandVolumeResponse* resp) {
   return guard("NodeExpandVolume", [&] {
-    const VolumeId id = volume_id(req->volume_id());
-    const std::string path = check_path("volume_path", req->volume_path(), node_.allowed_root());
+    require(!req->volume_id().empty(), "volume_id", "missing");
+    require(!req->volume_path().empty(), "volume_path", "missing");
+    const VolumeId id = parse_existing_volume_id(req->volume_id());
+    std::string path;
+    try {
+      path = check_path("volume_path", req->volume_path(), node_.allowed_root());
+    } catch (const Error& e) {
+      if (e.code() != EINVAL || node_.staged_here(id)) throw;
+      throw Error(ENOENT, cat("volume '", id.str(), "' is not staged on this node (and ", e.what(), ")"));
+    }
     if (req->has_volume_capability())
       parse_capability(req->volume_capability(), "volume_capability");
     auto lock = node_.locks().try_acquire(req->volume_id());

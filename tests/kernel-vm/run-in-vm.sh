@@ -230,6 +230,9 @@ for p in "${share_paths[@]}"; do
 done
 rng=()
 if grep -qx 'virtio-rng.ko' "$ird/modules.list"; then rng=(-device virtio-rng-pci); fi
+# $RBDGW_VM_QEMU_ARGS: extra qemu arguments (split on whitespace), e.g. the
+# virtio-serial channels of test-serve-nbd-client-tls.sh.
+read -r -a extra_qemu <<<"${RBDGW_VM_QEMU_ARGS:-}"
 
 start=$(date +%s)
 # Parent-death signals take timeout and qemu down even if this script is
@@ -242,7 +245,7 @@ if setpriv --help 2>/dev/null | grep -q -- --pdeathsig; then pdeath=(setpriv --p
   -serial "file:$log" \
   -kernel "$kernel" -initrd "$tmp/initramfs.cpio" \
   -append "console=ttyS0 quiet panic=-1 rdinit=/init mitigations=off ${RBDGW_VM_APPEND:-}" \
-  "${virtfs[@]}" "${rng[@]}" \
+  "${virtfs[@]}" "${rng[@]}" "${extra_qemu[@]}" \
   </dev/null >"$tmp/qemu.out" 2>&1 &
 qemu_pid=$!
 
