@@ -59,7 +59,7 @@ cpu_ticks() {
   done
   echo "$t"
 }
-real_losetup=$(command -v losetup)
+real_losetup=$(command -v losetup) real_nbdkit=$(command -v nbdkit)
 # map_with CONFIG-BODY: rbdgw map with that config's wrappers.
 map_with() {
   local body=$1 kv dio= fa= na= pa=
@@ -76,7 +76,7 @@ map_with() {
   done
   local bin=$dir/bin.$RANDOM
   mkdir -p "$bin"
-  printf '#!/bin/bash\na=()\nfor x; do case $x in image=*) a+=("$x" %s) ;; *) a+=("$x") ;; esac; done\nexec nbdkit %s "${a[@]}"\n' "$pa" "$na" >"$bin/nbdkit"
+  printf '#!/bin/bash\na=()\nfor x; do case $x in image=*) a+=("$x" %s) ;; *) a+=("$x") ;; esac; done\nexec %s %s "${a[@]}"\n' "$pa" "$real_nbdkit" "$na" >"$bin/nbdkit"
   printf '#!/bin/sh\nexec %q %s "$@"\n' "$fuse" "$fa" >"$bin/fuse"
   if [ -n "$dio" ]; then
     printf '#!/bin/bash\na=()\nfor x; do case $x in --direct-io=*) a+=(--direct-io=%s) ;; *) a+=("$x") ;; esac; done\nexec %s "${a[@]}"\n' "$dio" "$real_losetup" >"$bin/losetup"
