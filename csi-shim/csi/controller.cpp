@@ -8,6 +8,7 @@
 #include "common/error.hpp"
 #include "common/log.hpp"
 #include "csi/encryption.hpp"
+#include "csi/snapshots.hpp"
 #include "kms/image_meta.hpp"
 #include "luks/layout.hpp"
 #include "luks/probe.hpp"
@@ -291,6 +292,16 @@ void Controller::remove(const VolumeId& id, const StringMap& secrets) {
   if (auto image = open_if_exists(loc->io, loc->image, rbd::Image::Mode::read_only)) {
     refuse_if_watched(loc->io, *image, id, "nothing was deleted");
     refuse_if_locked(*image, id, "nothing was deleted");
+    // CSI snapshots of it (csi-snap-* images) and clones still being made
+    // depend on its data (RBD clones): removing it is refused by RBD, and
+    // said here before anything is touched.
+    if (auto kids = image_children(*image); !kids.empty()) {
+      std::string list;
+      for (const auto& k : kids) list += (list.empty() ? "" : ", ") + k;
+      throw Error(ENOTEMPTY, cat("volume '", id.str(), "' (image ", image->spec(),
+                                 ") is the source of snapshots or clones that depend on it: ", list,
+                                 "; delete those snapshots first; nothing was deleted"));
+    }
     if (!image->list_snaps().empty())
       throw Error(ENOTEMPTY, cat("volume '", id.str(), "' (image ", image->spec(),
                                  ") has snapshots; nothing was deleted"));

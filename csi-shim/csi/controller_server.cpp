@@ -3,6 +3,7 @@
 #include <optional>
 
 #include "csi/capability.hpp"
+#include "csi/snapshots.hpp"
 #include "csi/status.hpp"
 
 namespace rbdgw::csi {
@@ -17,16 +18,34 @@ grpc::Status ControllerServer::CreateVolume(grpc::ServerContext*,
     require(req->volume_capabilities_size() > 0, "volume_capabilities", "missing");
     for (int i = 0; i < req->volume_capabilities_size(); ++i)
       parse_capability(req->volume_capabilities(i), cat("volume_capabilities[", i, "]"));
-    require(!req->has_volume_content_source(), "volume_content_source",
-            "creating from a snapshot or volume is not supported");
+    std::optional<ContentSource> source;  // snapshots.hpp: restore or clone
+    if (req->has_volume_content_source()) {
+      const auto& cs = req->volume_content_source();
+      if (cs.has_snapshot()) {
+        require(!cs.snapshot().snapshot_id().empty(), "volume_content_source.snapshot.snapshot_id", "missing");
+        source = ContentSource{true, cs.snapshot().snapshot_id()};
+      } else if (cs.has_volume()) {
+        require(!cs.volume().volume_id().empty(), "volume_content_source.volume.volume_id", "missing");
+        source = ContentSource{false, cs.volume().volume_id()};
+      } else {
+        require(false, "volume_content_source", "neither a snapshot nor a volume");
+      }
+    }
     const VolumeParams params = VolumeParams::parse(
         StringMap(req->parameters().begin(), req->parameters().end()));
     Secrets secrets(req->secrets());
     auto lock = locks_.try_acquire(req->name());
-    CreatedVolume v = controller_.create(req->name(), params,
-                                         req->capacity_range().required_bytes(),
-                                         req->capacity_range().limit_bytes(), secrets.map);
+    std::optional<VolumeLocks::Guard> source_lock;
+    if (source) source_lock.emplace(locks_.try_acquire(source->id));  // not deleted meanwhile
+    CreatedVolume v =
+        source ? Snapshots(controller_).create_volume(req->name(), params,
+                                                      req->capacity_range().required_bytes(),
+                                                      req->capacity_range().limit_bytes(), *source,
+                                                      secrets.map)
+               : controller_.create(req->name(), params, req->capacity_range().required_bytes(),
+                                    req->capacity_range().limit_bytes(), secrets.map);
     auto* vol = resp->mutable_volume();
+    if (req->has_volume_content_source()) *vol->mutable_content_source() = req->volume_content_source();
     vol->set_volume_id(v.id.str());
     vol->set_capacity_bytes(static_cast<std::int64_t>(v.size));
     vol->mutable_volume_context()->insert(v.context.begin(), v.context.end());
@@ -119,7 +138,11 @@ std::vector<v1::ControllerServiceCapability::RPC::Type> ControllerServer::capabi
   // and the csi-attacher sidecar (tests/e2e/packaging/check_manifests.py).
   return {v1::ControllerServiceCapability::RPC::CREATE_DELETE_VOLUME,
           v1::ControllerServiceCapability::RPC::PUBLISH_UNPUBLISH_VOLUME,
-          v1::ControllerServiceCapability::RPC::EXPAND_VOLUME};
+          v1::ControllerServiceCapability::RPC::EXPAND_VOLUME,
+          // snapshot_server.cpp, snapshots.hpp
+          v1::ControllerServiceCapability::RPC::CREATE_DELETE_SNAPSHOT,
+          v1::ControllerServiceCapability::RPC::LIST_SNAPSHOTS,
+          v1::ControllerServiceCapability::RPC::CLONE_VOLUME};
 }
 
 grpc::Status ControllerServer::ControllerGetCapabilities(

@@ -34,6 +34,13 @@ class ControllerServer final : public ::csi::v1::Controller::Service {
   grpc::Status ControllerGetCapabilities(grpc::ServerContext*,
                                          const ::csi::v1::ControllerGetCapabilitiesRequest*,
                                          ::csi::v1::ControllerGetCapabilitiesResponse*) override;
+  // snapshot_server.cpp
+  grpc::Status CreateSnapshot(grpc::ServerContext*, const ::csi::v1::CreateSnapshotRequest*,
+                              ::csi::v1::CreateSnapshotResponse*) override;
+  grpc::Status DeleteSnapshot(grpc::ServerContext*, const ::csi::v1::DeleteSnapshotRequest*,
+                              ::csi::v1::DeleteSnapshotResponse*) override;
+  grpc::Status ListSnapshots(grpc::ServerContext*, const ::csi::v1::ListSnapshotsRequest*,
+                             ::csi::v1::ListSnapshotsResponse*) override;
   grpc::Status ControllerExpandVolume(grpc::ServerContext*,
                                       const ::csi::v1::ControllerExpandVolumeRequest*,
                                       ::csi::v1::ControllerExpandVolumeResponse*) override;

@@ -73,3 +73,29 @@ void remove_encryption(rbd::Image& /*image*/, const VolumeId& id, const std::str
 }
 
 }  // namespace rbdgw::csi
+
+namespace rbdgw::csi {
+
+void copy_encryption(rbd::Image& src, const VolumeId& src_id, const std::string& src_kms,
+                     rbd::Image& dst, const VolumeId& dst_id, const std::string& dst_kms,
+                     const StringMap& secrets) {
+  kms::VolumeEncryption from(g_config.build(src_kms, secrets), src, src_id.str());
+  const kms::EncryptionState state = from.state();
+  SecretBuffer pass = from.passphrase();
+  auto k = g_config.build(dst_kms, secrets);
+  const std::string wrapped = k->encrypt_dek(dst_id.str(), pass);
+  if (k->requires_dek_store() == kms::DEKStoreType::integrated) {
+    if (kms::DEKStore* store = k->integrated_store()) store->store_dek(dst_id.str(), wrapped);
+  } else {
+    kms::ImageDEKStore(dst, dst_id.str()).store_dek(dst_id.str(), wrapped);
+  }
+  kms::set_state(dst, state);
+  // A KMS that cannot keep this passphrase (one passphrase for every volume) is caught here.
+  kms::VolumeEncryption to(std::move(k), dst, dst_id.str());
+  if (!to.passphrase().equals(pass))
+    throw Error(EINVAL, cat("encryptionKMSID '", dst_kms.empty() ? kms::default_kms_id : dst_kms,
+                            "' cannot carry the passphrase of '", src_id.str(),
+                            "' (a KMS with one passphrase for every volume, and another one)"));
+}
+
+}  // namespace rbdgw::csi

@@ -48,3 +48,18 @@ void remove_encryption(rbd::Image& image, const VolumeId& id, const std::string&
                        const StringMap& secrets);
 
 }  // namespace rbdgw::csi
+
+namespace rbdgw::csi {
+
+// Snapshots and clones (ceph-csi's copyEncryptionConfig): dst is a copy of
+// src's data, LUKS header included, so it has src's passphrase; that
+// passphrase is stored again for dst, wrapped by dst_kms under dst_id (in
+// dst's metadata or the KMS's own store), and dst gets src's encryption
+// state. Throws Error (EINVAL when dst_kms cannot carry the passphrase,
+// e.g. the default KMS with another passphrase; the KMS errors of
+// volume_passphrase).
+void copy_encryption(rbd::Image& src, const VolumeId& src_id, const std::string& src_kms,
+                     rbd::Image& dst, const VolumeId& dst_id, const std::string& dst_kms,
+                     const StringMap& secrets);
+
+}  // namespace rbdgw::csi
