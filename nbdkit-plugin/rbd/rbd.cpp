@@ -17,6 +17,18 @@
 //
 // Thread model: PARALLEL. Every request blocks its nbdkit worker thread on
 // one librbd aio completion; the shared image handle is thread-safe.
+//
+// exports-dir=DIR (instead of image=): one gateway serves many images, each
+// as its own NBD export, on ONE RADOS client (connected in .after_fork).
+// The export a client asks for names a registry file DIR/NAME written by
+// whoever maps volumes (lib/attach/shared_gateway), read at .open:
+// "image=POOL[/NS]/IMAGE[@SNAP]" and optionally "read-only=true". An
+// export's image is opened on its first connection and closed (its lock
+// let go) when its last connection closes; its connections share the
+// handle. exclusive=true takes each image's exclusive lock for good on
+// open, per image. One export's bad input (no registry file, a missing
+// image, an image another client holds) fails only that export's open.
+// Encryption is not offered in this mode yet (the registry refuses it).
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
@@ -29,6 +41,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -56,21 +72,38 @@ constexpr std::uint64_t extents_cap_fast_diff = 4ull << 30;  // object map: chea
 constexpr std::uint64_t extents_objects_slow = 16;           // one OSD op per object
 
 rbd::ExportConfig config;
+// exports-dir=DIR: the registry of exports (empty: one image, image=).
+std::string exports_dir;
 
-// The served image and what was learnt about it in .after_fork.
+// A served image and what was learnt about it when it was opened.
 struct Export {
+  explicit Export(rbd::Image img) : image(std::move(img)) {}
   rbd::Image image;
   rbd::CacheMode cache;
   bool fast_diff = false;
   std::uint64_t object_size = 0;
+  // exclusive=true: once the lock is seen lost, it stays lost (the gateway
+  // must be restarted to write again).
+  std::atomic<bool> lock_lost{false};
+  // exclusive=true: this gateway's RADOS client, as its holder record names it.
+  std::string my_client;
+  std::string spec;  // for messages
+  std::string name;  // exports-dir: the export name
 };
-std::optional<Export> served;
+// One image (image=): opened in .after_fork.
+std::shared_ptr<Export> served;
 
-// exclusive=true: once the lock is seen lost, it stays lost (the gateway
-// must be restarted to write again).
-std::atomic<bool> lock_lost{false};
-// exclusive=true: this gateway's RADOS client, as its holder record names it.
-std::string my_client;
+// exports-dir: the one RADOS client, and the open exports by name with how
+// many connections use each.
+std::optional<rbd::Cluster> shared_cluster;
+std::mutex exports_mutex;
+std::map<std::string, std::pair<std::shared_ptr<Export>, int>> open_exports;
+
+// A connection's handle.
+struct Conn {
+  std::shared_ptr<Export> e;
+};
+Export& ex(void* h) { return *static_cast<Conn*>(h)->e; }
 
 std::string node_name() { return config.node.empty() ? rbd::host_name() : config.node; }
 
@@ -82,32 +115,32 @@ std::string node_name() { return config.node.empty() ? rbd::host_name() : config
 // librbd's own re-acquisition); it is lost for good only when that fails:
 // the client was blocklisted (rbd lock rm, ControllerUnpublish's fence) or
 // another client holds the lock now.
-void require_lock() {
+void require_lock(Export& e) {
   if (!config.exclusive) return;
-  if (!lock_lost && rbd::owns_lock(served->image)) return;
-  if (!lock_lost) {
-    int r = rbd_lock_acquire(served->image.handle(), RBD_LOCK_MODE_EXCLUSIVE);
-    if (r == 0 && rbd::owns_lock(served->image)) {
+  if (!e.lock_lost && rbd::owns_lock(e.image)) return;
+  if (!e.lock_lost) {
+    int r = rbd_lock_acquire(e.image.handle(), RBD_LOCK_MODE_EXCLUSIVE);
+    if (r == 0 && rbd::owns_lock(e.image)) {
       // Only if nobody else held the image in between (a lock broken without
       // blocklisting, then taken and let go by another writer): this
       // gateway's cache would be stale.
-      const auto rec = rbd::read_holder(served->image);
-      if (rec && rec->client == my_client) {
+      const auto rec = rbd::read_holder(e.image);
+      if (rec && rec->client == e.my_client) {
         nbdkit_debug("rbd: %s: the exclusive lock was let go by librbd and taken again",
-                     config.spec->str().c_str());
+                     e.spec.c_str());
         return;
       }
-      rbd_lock_release(served->image.handle());
+      rbd_lock_release(e.image.handle());
       r = -ESTALE;
     }
-    if (!lock_lost.exchange(true))
+    if (!e.lock_lost.exchange(true))
       nbdkit_error("%s: this gateway lost the image's exclusive lock (%s: broken by another "
                    "client, e.g. rbd lock rm, which blocklists it, or taken by one): every write "
                    "and flush fails from now on; restart the gateway",
-                   config.spec->str().c_str(),
+                   e.spec.c_str(),
                    r < 0 ? std::strerror(-r) : "taken again but not owned");
   }
-  throw Error(EIO, cat(config.spec->str(), ": this gateway no longer holds the image's exclusive "
+  throw Error(EIO, cat(e.spec, ": this gateway no longer holds the image's exclusive "
                        "lock; refusing the request"));
 }
 
@@ -116,17 +149,17 @@ void require_lock() {
 // more after the lock was taken again; writes, zeroes, trims and flushes
 // may be repeated.
 template <typename F>
-int modify(F&& f) noexcept {
+int modify(Export& e, F&& f) noexcept {
   return guard_void([&] {
-    require_lock();
+    require_lock(e);
     try {
       f();
     } catch (const Error&) {
-      if (!config.exclusive || rbd::owns_lock(served->image)) throw;
-      require_lock();
+      if (!config.exclusive || rbd::owns_lock(e.image)) throw;
+      require_lock(e);
       f();
     }
-    require_lock();
+    require_lock(e);
   });
 }
 
@@ -166,6 +199,12 @@ int rbd_config(const char* key, const char* value) {
   return guard_void([&] {
     // A secret must come as +FILE, -FD or - (prompt): set() refuses the rest,
     // as nbdkit_read_password would take a literal secret from argv.
+    if (std::strcmp(key, "exports-dir") == 0) {
+      if (!exports_dir.empty()) throw Error(EINVAL, "parameter 'exports-dir' given more than once");
+      if (value[0] != '/') throw Error(EINVAL, cat("parameter 'exports-dir': '", value, "' is not an absolute path"));
+      exports_dir = value;
+      return;
+    }
     if (!rbd::ExportConfig::is_secret_key(key) || (value[0] != '+' && value[0] != '-'))
       return config.set(key, value);
     // +FILE and -FD: every byte to the end, as cryptsetup --key-file reads
@@ -188,6 +227,23 @@ int rbd_config(const char* key, const char* value) {
 
 int rbd_config_complete() {
   return guard_void([] {
+    if (!exports_dir.empty()) {
+      if (config.spec)
+        throw Error(EINVAL, "parameters 'exports-dir' and 'image' exclude each other");
+      if (config.encryption)
+        throw Error(EINVAL, "parameter 'encryption-format' is not offered with 'exports-dir'");
+      // The rules across the other parameters, as for one image.
+      config.spec = rbd::ImageSpec{"rbd", "", "-", ""};
+      try {
+        config.validate();
+      } catch (...) {
+        config.spec.reset();
+        throw;
+      }
+      config.spec.reset();
+      if (rbd_debug_verbose) log::set_level(log::Level::debug);
+      return;
+    }
     config.validate();
     if (rbd_debug_verbose) log::set_level(log::Level::debug);
   });
@@ -196,32 +252,51 @@ int rbd_config_complete() {
 // Before the fork: fail now, while nbdkit can still exit non-zero.
 int rbd_get_ready() {
   return guard_void([] {
+    if (!exports_dir.empty()) {
+      (void)rbd::Cluster::connect(config.cluster);  // the cluster answers, the key is right
+      return;
+    }
     rbd::Image img = rbd::open_export(config);
     if (config.exclusive) rbd::check_available(img, node_name());
     img.close();
   });
 }
 
+// An opened image as an Export: its exclusive lock taken for good
+// (exclusive=true), its cache mode and allocation map learnt.
+std::shared_ptr<Export> make_export(rbd::Image img, const std::string& spec) {
+  std::string client;
+  if (config.exclusive) {
+    const rbd::Holder h = rbd::acquire_for_life(img, rbd::this_process(node_name()));
+    client = h.client;
+    nbdkit_debug("rbd: %s: holding the exclusive lock for good as %s on node %s",
+                 spec.c_str(), h.client.c_str(), h.node.c_str());
+  }
+  const rbd::ImageInfo info = img.info();
+  auto e = std::make_shared<Export>(std::move(img));
+  e->spec = spec;
+  e->my_client = client;
+  e->object_size = info.object_size;
+  e->cache = rbd::cache_mode(e->image);
+  e->fast_diff = rbd::has_fast_diff(e->image);
+  nbdkit_debug("rbd: serving %s (%s): %" PRIu64 " bytes, object size %" PRIu64
+               ", FUA %s, read cache %s, extents %s",
+               spec.c_str(), e->image.read_only() ? "read-only" : "read-write",
+               e->image.size(), e->object_size, e->cache.writes_durable ? "native" : "emulated",
+               e->cache.read_cache ? "on" : "off",
+               config.encryption ? "off (encrypted)" : e->fast_diff ? "fast-diff" : "per object");
+  return e;
+}
+
 int rbd_after_fork() {
   return guard_void([] {
-    rbd::Image img = rbd::open_export(config);
-    if (config.exclusive) {
-      const rbd::Holder h = rbd::acquire_for_life(img, rbd::this_process(node_name()));
-      my_client = h.client;
-      nbdkit_debug("rbd: %s: holding the exclusive lock for good as %s on node %s",
-                   config.spec->str().c_str(), h.client.c_str(), h.node.c_str());
+    if (!exports_dir.empty()) {
+      shared_cluster.emplace(rbd::Cluster::connect(config.cluster));
+      nbdkit_debug("rbd: serving the exports registered in %s as %s", exports_dir.c_str(),
+                   shared_cluster->name().c_str());
+      return;
     }
-    const rbd::ImageInfo info = img.info();
-    Export e{std::move(img), {}, false, info.object_size};
-    e.cache = rbd::cache_mode(e.image);
-    e.fast_diff = rbd::has_fast_diff(e.image);
-    nbdkit_debug("rbd: serving %s (%s): %" PRIu64 " bytes, object size %" PRIu64
-                 ", FUA %s, read cache %s, extents %s",
-                 config.spec->str().c_str(), e.image.read_only() ? "read-only" : "read-write",
-                 e.image.size(), e.object_size, e.cache.writes_durable ? "native" : "emulated",
-                 e.cache.read_cache ? "on" : "off",
-                 config.encryption ? "off (encrypted)" : e.fast_diff ? "fast-diff" : "per object");
-    served.emplace(std::move(e));
+    served = make_export(rbd::open_export(config), config.spec->str());
   });
 }
 
@@ -229,7 +304,77 @@ void rbd_cleanup() {
   (void)guard_void([] {
     if (served) served->image.close();  // flushes the librbd cache
     served.reset();
+    std::lock_guard<std::mutex> g(exports_mutex);
+    for (auto& [name, ec] : open_exports) ec.first->image.close();
+    open_exports.clear();
+    shared_cluster.reset();
   });
+}
+
+// exports-dir: what the registry file of export `name` says. Throws
+// Error(ENOENT) naming the export when it is not registered, EINVAL for a
+// malformed entry.
+struct Entry {
+  rbd::ImageSpec spec;
+  bool read_only = false;
+};
+Entry read_entry(const std::string& name) {
+  if (name.empty() || name[0] == '.' || name.find('/') != std::string::npos || name.size() > 255)
+    throw Error(ENOENT, cat("export '", name, "': no such export (names are registry file names in ",
+                            exports_dir, ")"));
+  const std::string path = exports_dir + "/" + name;
+  std::ifstream in(path);
+  if (!in) throw Error(ENOENT, cat("export '", name, "': not registered (no ", path, ")"));
+  std::optional<rbd::ImageSpec> spec;
+  Entry e;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto eq = line.find('=');
+    const std::string k = line.substr(0, eq), v = eq == std::string::npos ? "" : line.substr(eq + 1);
+    if (k == "image")
+      spec = rbd::ImageSpec::parse(v);
+    else if (k == "read-only" && (v == "true" || v == "false"))
+      e.read_only = v == "true";
+    else
+      throw Error(EINVAL, cat("export '", name, "': ", path, ": unknown or malformed line '", k, "'"));
+  }
+  if (!spec) throw Error(EINVAL, cat("export '", name, "': ", path, " names no image"));
+  if (config.exclusive && !spec->snap.empty())
+    throw Error(EINVAL, cat("export '", name, "': a snapshot is read-only and takes no lock"));
+  e.spec = *spec;
+  return e;
+}
+
+// exports-dir: the export `name`, opened on its first connection.
+std::shared_ptr<Export> open_shared(const std::string& name) {
+  std::lock_guard<std::mutex> g(exports_mutex);
+  if (auto it = open_exports.find(name); it != open_exports.end()) {
+    ++it->second.second;
+    return it->second.first;
+  }
+  const Entry en = read_entry(name);
+  rbd::Image img = rbd::Image::open(*shared_cluster, en.spec,
+                                    en.read_only || !en.spec.snap.empty() ? rbd::Image::Mode::read_only
+                                                                          : rbd::Image::Mode::read_write);
+  if (config.durable_writes && !rbd::cache_mode(img).writes_durable)
+    throw Error(EINVAL, cat(img.spec(), ": its own configuration (rbd_cache, rbd_cache_policy) "
+                            "acknowledges writes before they are on the OSDs; durable-writes=true "
+                            "refuses to serve it"));
+  auto e = make_export(std::move(img), en.spec.str());
+  e->name = name;
+  open_exports.emplace(name, std::make_pair(e, 1));
+  return e;
+}
+
+void close_shared(const std::shared_ptr<Export>& e) {
+  std::lock_guard<std::mutex> g(exports_mutex);
+  auto it = open_exports.find(e->name);
+  if (it == open_exports.end() || it->second.first != e || --it->second.second > 0) return;
+  nbdkit_debug("rbd: export '%s' (%s): last connection closed, closing the image", e->name.c_str(),
+               e->spec.c_str());
+  open_exports.erase(it);
+  e->image.close();  // flushes; lets go of the exclusive lock
 }
 
 void rbd_dump_plugin() {
@@ -240,64 +385,79 @@ void rbd_dump_plugin() {
   std::printf("rbd_secret_parameters=key,encryption-passphrase\n");
 }
 
-// One shared image: connections need no state of their own.
+// One image: every connection shares it. exports-dir: the export the
+// client named, opened now if no other connection has it open.
 void* rbd_open(int readonly) {
-  static char handle;
-  return &handle;
+  return guard<void*>(nullptr, [] {
+    if (exports_dir.empty()) return static_cast<void*>(new Conn{served});
+    const char* n = nbdkit_export_name();
+    return static_cast<void*>(new Conn{open_shared(n ? n : "")});
+  });
 }
 
-int64_t rbd_get_size(void*) {
+void rbd_close(void* h) {
+  auto* c = static_cast<Conn*>(h);
+  if (!exports_dir.empty()) (void)guard_void([&] { close_shared(c->e); });
+  delete c;
+}
+
+int64_t rbd_get_size(void* h) {
   // Asked once per connection: a resize is seen by new connections (librbd
   // refreshes the handle on the header watch notification).
-  return guard<int64_t>(-1, [] { return static_cast<int64_t>(served->image.size()); });
+  return guard<int64_t>(-1, [&] { return static_cast<int64_t>(ex(h).image.size()); });
 }
 
-int rbd_can_write(void*) { return served->image.read_only() ? 0 : 1; }
+int rbd_can_write(void* h) { return ex(h).image.read_only() ? 0 : 1; }
 int rbd_can_flush(void*) { return 1; }
 int rbd_can_trim(void*) { return 1; }
 int rbd_can_zero(void*) { return 1; }  // native: write-zeroes
 // write-zeroes is object removal/truncation on the OSDs, except through the
 // encryption layer, which has to write encrypted zeros.
 int rbd_can_fast_zero(void*) { return config.encryption ? 0 : 1; }
-int rbd_can_fua(void*) { return served->cache.writes_durable ? NBDKIT_FUA_NATIVE : NBDKIT_FUA_EMULATE; }
+int rbd_can_fua(void* h) { return ex(h).cache.writes_durable ? NBDKIT_FUA_NATIVE : NBDKIT_FUA_EMULATE; }
 // One handle (and cache) for all connections: a flush on one covers all.
 int rbd_can_multi_conn(void*) { return 1; }
 // Offsets of an encrypted image differ from the allocation map's.
 int rbd_can_extents(void*) { return config.encryption ? 0 : 1; }
-int rbd_can_cache(void*) { return served->cache.read_cache ? NBDKIT_CACHE_EMULATE : NBDKIT_CACHE_NONE; }
+int rbd_can_cache(void* h) { return ex(h).cache.read_cache ? NBDKIT_CACHE_EMULATE : NBDKIT_CACHE_NONE; }
 int rbd_is_rotational(void*) { return 0; }
 
-int rbd_block_size(void*, uint32_t* minimum, uint32_t* preferred, uint32_t* maximum) {
+int rbd_block_size(void* h, uint32_t* minimum, uint32_t* preferred, uint32_t* maximum) {
   *minimum = 1;
-  *preferred = static_cast<uint32_t>(std::min<std::uint64_t>(served->object_size, max_request));
+  *preferred = static_cast<uint32_t>(std::min<std::uint64_t>(ex(h).object_size, max_request));
   if (*preferred < 512) *preferred = 512;
   *maximum = max_request;
   return 0;
 }
 
-int rbd_pread(void*, void* buf, uint32_t count, uint64_t offset, uint32_t) {
-  return guard_void([&] { rbd::aio_read(served->image, offset, buf, count); });
+int rbd_pread(void* h, void* buf, uint32_t count, uint64_t offset, uint32_t) {
+  return guard_void([&] { rbd::aio_read(ex(h).image, offset, buf, count); });
 }
 
 // With native FUA a completed write is already durable (see rbd_can_fua),
 // so the flag needs no action here.
-int rbd_pwrite(void*, const void* buf, uint32_t count, uint64_t offset, uint32_t) {
-  return modify([&] { rbd::aio_write(served->image, offset, buf, count); });
+int rbd_pwrite(void* h, const void* buf, uint32_t count, uint64_t offset, uint32_t) {
+  Export& e = ex(h);
+  return modify(e, [&] { rbd::aio_write(e.image, offset, buf, count); });
 }
 
-int rbd_flush(void*, uint32_t) {
-  return modify([] { rbd::aio_flush(served->image); });
+int rbd_flush(void* h, uint32_t) {
+  Export& e = ex(h);
+  return modify(e, [&] { rbd::aio_flush(e.image); });
 }
 
-int rbd_trim(void*, uint32_t count, uint64_t offset, uint32_t) {
-  return modify([&] { rbd::aio_discard(served->image, offset, count); });
+int rbd_trim(void* h, uint32_t count, uint64_t offset, uint32_t) {
+  Export& e = ex(h);
+  return modify(e, [&] { rbd::aio_discard(e.image, offset, count); });
 }
 
-int rbd_zero(void*, uint32_t count, uint64_t offset, uint32_t) {
-  return modify([&] { rbd::aio_write_zeroes(served->image, offset, count); });
+int rbd_zero(void* h, uint32_t count, uint64_t offset, uint32_t) {
+  Export& e = ex(h);
+  return modify(e, [&] { rbd::aio_write_zeroes(e.image, offset, count); });
 }
 
-int rbd_extents(void*, uint32_t count, uint64_t offset, uint32_t, nbdkit_extents* extents) {
+int rbd_extents(void* h, uint32_t count, uint64_t offset, uint32_t, nbdkit_extents* extents) {
+  Export* const served = &ex(h);
   return guard_void([&] {
     const std::uint64_t cap =
         served->fast_diff ? extents_cap_fast_diff : extents_objects_slow * served->object_size;
@@ -305,7 +465,7 @@ int rbd_extents(void*, uint32_t count, uint64_t offset, uint32_t, nbdkit_extents
     std::uint64_t pos = offset;
     auto add = [&](std::uint64_t off, std::uint64_t n, uint32_t type) {
       if (n > 0 && nbdkit_add_extent(extents, off, n, type) == -1)
-        throw Error(errno ? errno : EIO, cat("nbdkit_add_extent: ", config.spec->str()));
+        throw Error(errno ? errno : EIO, cat("nbdkit_add_extent: ", served->spec));
     };
     for (const rbd::Extent& e : rbd::allocated_extents(served->image, offset, len, served->fast_diff)) {
       add(pos, e.off - pos, NBDKIT_EXTENT_HOLE | NBDKIT_EXTENT_ZERO);
@@ -340,6 +500,8 @@ nbdkit_plugin make_plugin() {
       "                           gateway's whole life; refuse to start while another\n"
       "                           client holds it; fail writes once it is lost.\n"
       "node=NAME                  Node named in the holder record (default: host name).\n"
+      "exports-dir=DIR            Instead of image=: serve every image registered in DIR\n"
+      "                           (file NAME: image=SPEC [read-only=true]) as export NAME.\n"
       "encryption-format=luks1|luks2  Load librbd encryption (rbd encryption format).\n"
       "encryption-passphrase=+FILE|-FD|-  Its passphrase (from a file or fd: every byte,\n"
       "                           as cryptsetup --key-file reads it).";
@@ -349,6 +511,7 @@ nbdkit_plugin make_plugin() {
   p.cleanup = rbd_cleanup;
   p.dump_plugin = rbd_dump_plugin;
   p.open = rbd_open;
+  p.close = rbd_close;
   p.get_size = rbd_get_size;
   p.block_size = rbd_block_size;
   p.can_write = rbd_can_write;

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# bench/attach/many-volumes.sh [-n N | --100] [--encrypted] [--keep-going]
+#
+# What each mapped volume costs on a node: starts a throwaway memstore
+# cluster (tests/cluster/ceph-cluster.sh), creates N images (N=20, or 100
+# with --100), maps them all with `rbdgw map --attach userspace` (each with
+# its own gateway nbdkit and exporter rbdgw-fuse, today's one-process-per-
+# volume shape; --encrypted: LUKS2 volumes through the luks2 filter), and
+# prints
+#   - the time to map all N and to unmap all N (one after the other, as a
+#     CSI node plugin would),
+#   - the processes, RSS (sum of ps rss) and threads (sum of ps nlwp) of
+#     the gateways and of the exporters, in total and per volume, and the
+#     cost of the last half of the volumes (per additional volume).
+# Leaves nothing behind (unmaps, stops the cluster, removes its directory).
+# Uses the build in $RBDGW_BUILD_DIR (default: build/ in the source tree).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+src=$(cd "$here/../.." && pwd)
+n=20 encrypted=
+while [ $# -gt 0 ]; do
+  case $1 in
+    -n) n=$2; shift 2 ;;
+    --100) n=100; shift ;;
+    --encrypted) encrypted=1; shift ;;
+    *) echo "usage: many-volumes.sh [-n N | --100] [--encrypted]" >&2; exit 2 ;;
+  esac
+done
+build=$(cd "${RBDGW_BUILD_DIR:-$src/build}" && pwd)
+rbdgw=$build/csi-shim/cli/rbdgw
+export RBDGW_PLUGIN=$build/nbdkit-plugin/rbd/nbdkit-rbd-plugin.so
+dir=$(mktemp -d /var/tmp/rbdgw-bench-many.XXXXXX)
+run_root=$dir/run cluster=$dir/cluster
+cleanup() {
+  set +e
+  local s
+  for s in "$run_root"/*/stash.json; do
+    [ -e "$s" ] && "$rbdgw" --run-root "$run_root" unmap "$(basename "$(dirname "$s")")" >/dev/null 2>&1
+  done
+  "$src/tests/cluster/ceph-cluster.sh" stop "$cluster" >/dev/null 2>&1
+  if grep -q " $dir/" /proc/self/mountinfo || losetup -a | grep -q "$dir/"; then
+    echo "many-volumes: something under $dir is still mounted; left in place" >&2
+  else
+    rm -rf --one-file-system "$dir"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+log() { echo "many-volumes: $*" >&2; }
+eval "$("$src/tests/cluster/ceph-cluster.sh" start "$cluster")"
+export CEPH_CONF
+enc=()
+if [ -n "$encrypted" ]; then
+  printf 'bench-passphrase' >"$dir/pass"
+  chmod 600 "$dir/pass"
+  enc=(--encrypted --passphrase-file "$dir/pass" --pbkdf pbkdf2:1000)
+fi
+for i in $(seq 1 "$n"); do rbd create --size 256M "rbd/vol$i"; done
+log "mapping $n volumes"
+
+# sample: "procs rss_kib threads" of the gateways and the exporters of the
+# volumes mapped so far (from their stash files).
+sample() {
+  local s gw=() fu=() p
+  for s in "$run_root"/*/stash.json; do
+    [ -e "$s" ] || continue
+    gw+=("$(jq -r .gateway.pid "$s")")
+    fu+=("$(jq -r .fuse.pid "$s")")
+  done
+  for p in gw fu; do
+    local -n arr=$p
+    if [ ${#arr[@]} -eq 0 ]; then echo "0 0 0"; continue; fi
+    ps -o rss=,nlwp= -p "$(IFS=,; echo "${arr[*]}")" |
+      awk '{r += $1; t += $2; c++} END {printf "%d %d %d\n", c, r, t}'
+  done
+}
+
+t0=$(date +%s.%N)
+half=$((n / 2))
+for i in $(seq 1 "$n"); do
+  "$rbdgw" --run-root "$run_root" map "rbd/vol$i" --attach userspace "${enc[@]}" >/dev/null 2>"$dir/map.log" ||
+    { cat "$dir/map.log" >&2; exit 1; }
+  if [ "$i" = "$half" ]; then sleep 2; read -r -d '' at_half < <(sample) || true; fi
+done
+t1=$(date +%s.%N)
+sleep 2
+read -r -d '' at_n < <(sample) || true
+# A little I/O on every volume, then sample again (threads grow with use).
+for s in "$run_root"/*/stash.json; do
+  dev=$(jq -r .device "$s")
+  dd if=/dev/urandom of="$dev" bs=1M count=4 oflag=direct status=none
+  dd if="$dev" of=/dev/null bs=1M count=4 iflag=direct status=none
+done
+sleep 1
+read -r -d '' after_io < <(sample) || true
+t2=$(date +%s.%N)
+for i in $(seq 1 "$n"); do "$rbdgw" --run-root "$run_root" unmap "rbd/vol$i" >/dev/null; done
+t3=$(date +%s.%N)
+
+report() {  # report LABEL "gwline\nfuline" [per]
+  local label=$1 lines=$2 per=$3
+  { read -r gc gr gt; read -r fc fr ft; } <<<"$lines"
+  awk -v l="$label" -v per="$per" -v gc="$gc" -v gr="$gr" -v gt="$gt" -v fc="$fc" -v fr="$fr" -v ft="$ft" 'BEGIN {
+    printf "%-22s gateways %3d procs %8.1f MiB %5d thr | exporters %3d procs %8.1f MiB %5d thr | per volume %6.1f MiB %5.1f thr\n",
+      l, gc, gr/1024, gt, fc, fr/1024, ft, (gr+fr)/1024/per, (gt+ft)/per }'
+}
+echo "many-volumes: $n volumes$([ -n "$encrypted" ] && echo ' (encrypted)'), userspace attach, memstore cluster"
+printf 'map all:   %.1f s (%.2f s per volume)\n' "$(echo "$t1 - $t0" | bc)" "$(echo "($t1 - $t0) / $n" | bc -l)"
+printf 'unmap all: %.1f s (%.2f s per volume)\n' "$(echo "$t3 - $t2" | bc)" "$(echo "($t3 - $t2) / $n" | bc -l)"
+report "after map ($half)" "$at_half" "$half"
+report "after map ($n)" "$at_n" "$n"
+report "after I/O ($n)" "$after_io" "$n"
+# Per additional volume: the last n-half volumes' share.
+{ read -r a1 a2 a3; read -r a4 a5 a6; } <<<"$at_half"
+{ read -r b1 b2 b3; read -r b4 b5 b6; } <<<"$at_n"
+awk -v r=$(( (b2 + b5) - (a2 + a5) )) -v t=$(( (b3 + b6) - (a3 + a6) )) -v k=$((n - half)) \
+  'BEGIN { printf "per additional volume (after map): %.1f MiB RSS, %.1f threads\n", r/1024/k, t/k }'
