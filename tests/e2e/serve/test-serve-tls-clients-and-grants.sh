@@ -5,7 +5,8 @@
 #  - qemu-img convert and qemu-io with --object tls-creds-psk / tls-creds-x509;
 #  - NBD_OPT_LIST shows each identity only the exports granted to it;
 #  - a read-only grant refuses writes (server side: nbdkit --readonly) and
-#    still reads the same bytes.
+#    still reads the same bytes;
+#  - a backend nbdkit killed with -9 is started again by the next connection.
 source "$RBDGW_SOURCE_DIR/tests/lib/functions.sh"
 source "$RBDGW_SOURCE_DIR/tests/e2e/serve/serve-functions.sh"
 requires which qemu-img qemu-io
@@ -98,6 +99,16 @@ if qemu-io --object "tls-creds-psk,id=tls0,dir=$TEST_TMP/qpsk,username=alice,end
   fail "qemu-io wrote to the read-only export"
 fi
 pass "qemu-io write to the read-only export refused ($(grep -m1 -iE 'error|denied|read-only|not permitted' "$TEST_TMP/qio"))"
+
+# A backend that dies is started again at the next connection.
+ro_pid=$(sed -n "s/.*export 'vol-ro': .* served by nbdkit pid \([0-9]*\).*/\1/p" "$TEST_TMP/serve.log" | head -1)
+[ -n "$ro_pid" ] || fail "no pid of vol-ro's nbdkit in the log"
+nbdcopy "$(psk_uri bob vol-ro)" "$TEST_TMP/ref-ro"  # with qemu-io's pattern
+kill -9 "$ro_pid"
+nbdcopy "$(psk_uri bob vol-ro)" "$TEST_TMP/back-ro2" || fail "vol-ro not served after its nbdkit was killed"
+cmp "$TEST_TMP/ref-ro" "$TEST_TMP/back-ro2" || fail "restarted vol-ro reads different bytes"
+log_has "export 'vol-ro': its nbdkit (pid $ro_pid) was killed by signal 9; restarting it"
+pass "a killed backend (kill -9) is restarted at the next connection"
 
 stop_serve "$SERVE_PID"
 assert_serve_clean
