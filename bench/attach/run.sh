@@ -18,7 +18,9 @@
 #   encrypted  the same on `rbdgw map rbd/enc --mount DIR` of an encrypted
 #              volume (luks2 filter; passphrase from a 0600 file)
 #   nbdfuse    the peer: nbdkit rbd (the same gateway argv) + libnbd's
-#              nbdfuse + losetup (its defaults) + the same ext4 of rbd/mnt
+#              nbdfuse (its defaults) + losetup --direct-io=on (without it
+#              reads come from the page cache of nbdfuse's file) + the same
+#              ext4 of rbd/mnt
 # Beside each figure: the CPU (utime+stime from /proc/PID/stat, sampled
 # after the ramp and at the end) of the gateway and exporter processes
 # (nbdkit, rbdgw-fuse or nbdfuse; never fio, the loop device's kernel
@@ -286,8 +288,11 @@ if want nbdfuse; then
   peer_fuse=$!
   for _ in $(seq 300); do [ -s "$dir/peer-fuse.pid" ] && break; sleep 0.1; done
   [ -s "$dir/peer-fuse.pid" ] || { cat "$dir/peer-fuse.log" >&2; exit 1; }
-  peer_loop=$(losetup --find --show "$dir/peer-fuse/disk")
-  cmd losetup --find --show "$dir/peer-fuse/disk"
+  # --direct-io=on as rbdgw's: nbdfuse's file is not direct_io, so with it
+  # off the loop device reads through the FUSE file's page cache and the
+  # peer's reads are memory copies after the first pass.
+  peer_loop=$(losetup --find --show --direct-io=on "$dir/peer-fuse/disk")
+  cmd losetup --find --show --direct-io=on "$dir/peer-fuse/disk"
   notes+=("nbdfuse's loop device $(loop_info "$peer_loop")")
   mount "$peer_loop" "$dir/peer-mnt"
   all_rows nbdfuse "$peer_nbdkit $peer_fuse" --ioengine=libaio "--filename=$dir/peer-mnt/fio.dat" "--size=$fsize"
