@@ -89,7 +89,7 @@ Config parse_config(const std::string& text, const std::string& origin) {
   }
   if (!j.is_object()) throw Error(EINVAL, cat(origin, ": must be a JSON object"));
   static const std::set<std::string> top = {"listen", "tls", "insecure_plain", "cluster", "run_dir",
-                                            "exports"};
+                                            "exports", "negotiation_timeout"};
   for (auto it = j.begin(); it != j.end(); ++it)
     if (!top.count(it.key())) throw Error(EINVAL, cat(origin, ": unknown key '", it.key(), "'"));
   Config c;
@@ -130,6 +130,12 @@ Config parse_config(const std::string& text, const std::string& origin) {
     c.cluster.mon_host = str(k, "mon_host", origin + ": cluster");
   }
   if (j.contains("run_dir")) c.run_dir = str(j, "run_dir", origin);
+  if (j.contains("negotiation_timeout")) {
+    const auto& t = j["negotiation_timeout"];
+    if (!t.is_number_integer() || t.get<long long>() < 0 || t.get<long long>() > 86400)
+      throw Error(EINVAL, cat(origin, ": 'negotiation_timeout' must be whole seconds, 0 to 86400"));
+    c.negotiation_timeout = int(t.get<long long>());
+  }
   if (c.run_dir.empty() || c.run_dir[0] != '/')
     throw Error(EINVAL, cat(origin, ": 'run_dir' must be an absolute path"));
   if (!j.contains("exports") || !j["exports"].is_array() || j["exports"].empty())

@@ -7,6 +7,7 @@
 //     "insecure_plain": false,      // true (and no "tls"): plain NBD, with a warning
 //     "cluster": { "conf": "/etc/ceph/ceph.conf", "id": "admin", "keyring": "...", "mon_host": "..." },
 //     "run_dir": "/run/rbdgw-serve",
+//     "negotiation_timeout": 30,    // seconds from accept to the chosen export; 0: none
 //     "exports": [ { "name": "vm1", "image": "rbd/vm1", "read_only": false,
 //                    "encryption": "none" | "decrypted" | "ciphertext",
 //                    "passphrase_file": "/etc/rbdgw/serve/vm1.pass",  // decrypted only, 0600
@@ -54,6 +55,10 @@ struct Config {
   bool insecure_plain = false;
   Cluster cluster;
   std::string run_dir = "/run/rbdgw-serve";
+  // Seconds a client may take from accept to NBD_OPT_GO (TLS handshake and
+  // option haggling included), so that idle or slow unauthenticated clients
+  // do not hold connections; 0 disables it.
+  int negotiation_timeout = 30;
   std::vector<Export> exports;
 
   bool tls() const { return !psk_file.empty() || !certificates.empty(); }

@@ -103,6 +103,10 @@ struct ConnectionClosed : std::runtime_error {
 };
 
 // ---- a byte stream: a socket, TLS on it after STARTTLS ------------------
+ConnectionClosed timed_out() {
+  return ConnectionClosed("negotiation timed out (negotiation_timeout): client too slow or idle");
+}
+
 class Stream {
  public:
   explicit Stream(int fd) : fd_(fd) {}
@@ -124,17 +128,20 @@ class Stream {
   // Some bytes (at most n); 0 at end of stream.
   std::size_t read_some(void* buf, std::size_t n) {
     if (ssl_) {
+      errno = 0;
       const int r = SSL_read(ssl_, buf, int(std::min<std::size_t>(n, 1 << 30)));
       if (r > 0) return std::size_t(r);
       const int e = SSL_get_error(ssl_, r);
       if (e == SSL_ERROR_ZERO_RETURN) return 0;
-      if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) return 0;  // EOF without close_notify
+      if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno != EAGAIN) return 0;  // EOF, no close_notify
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE || errno == EAGAIN) throw timed_out();
       throw ConnectionClosed(cat("TLS read: ", ssl_errors()));
     }
     for (;;) {
       const ssize_t r = ::read(fd_, buf, n);
       if (r >= 0) return std::size_t(r);
       if (errno == EINTR) continue;
+      if (errno == EAGAIN) throw timed_out();
       throw ConnectionClosed(errno_message("read", "", errno));
     }
   }
@@ -494,6 +501,7 @@ class Session {
 
   void run() {
     try {
+      set_timeout(config_.negotiation_timeout);
       negotiate();
     } catch (const ConnectionClosed& e) {
       log::info(peer_, ": connection ended: ", e.what());
@@ -503,6 +511,12 @@ class Session {
   }
 
  private:
+  void set_timeout(int seconds) {
+    timeval tv{seconds, 0};
+    ::setsockopt(client_.fd(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(client_.fd(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  }
+
   std::string who() const { return identity_.empty() ? peer_ : cat(peer_, " (", identity_, ")"); }
 
   void negotiate() {
@@ -668,9 +682,11 @@ class Session {
     if (!ssl) throw ConnectionClosed(cat("SSL_new: ", ssl_errors()));
     SSL_set_fd(ssl, client_.fd());
     client_.set_ssl(ssl);
+    errno = 0;
     if (SSL_accept(ssl) != 1) {
+      const bool slow = errno == EAGAIN;
       const long v = SSL_get_verify_result(ssl);
-      std::string why = ssl_errors();
+      std::string why = slow ? std::string("timed out (negotiation_timeout)") : ssl_errors();
       if (v != X509_V_OK) why += cat(" (client certificate: ", X509_verify_cert_error_string(v), ")");
       log::warn(peer_, ": TLS handshake refused: ", why);
       SSL_free(ssl);
@@ -772,6 +788,7 @@ class Session {
 
   // Transmission phase: bytes both ways until either side closes.
   void relay() {
+    set_timeout(0);
     std::vector<unsigned char> buf(256 * 1024);
     pollfd p[2] = {{client_.fd(), POLLIN, 0}, {backend_fd_, POLLIN, 0}};
     for (;;) {

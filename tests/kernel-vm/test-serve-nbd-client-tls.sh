@@ -22,8 +22,11 @@ if [ "${RBDGW_IN_VM:-}" != 1 ]; then
   "tls": { "certificates": "$TEST_TMP/pki" },
   "cluster": { "conf": "$CEPH_CONF" },
   "run_dir": "$SERVE_RUN",
+  "negotiation_timeout": 0,
   "exports": [ { "name": "vol", "image": "rbd/$img", "encryption": "none", "allow": ["x509:guest-vm"] } ] }
 J
+  # qemu connects both channels at boot; the guest uses the second minutes
+  # later, so no negotiation timeout here (negotiation_timeout 0).
   start_serve "$TEST_TMP/serve.json"
   mkdir -p "$TEST_TMP/out"
   q="-device virtio-serial-pci"

@@ -2,7 +2,8 @@
 # `rbdgw serve` refuses, with a clear error on both sides, and keeps serving
 # the others: a wrong PSK, an unknown PSK identity, a client certificate from
 # an untrusted CA, no client certificate, an export not granted to the
-# identity, a plain connection to a TLS-only server. A configuration without
+# identity, a plain connection to a TLS-only server, an idle client (after
+# negotiation_timeout; a connection past GO has none). A configuration without
 # TLS is refused unless insecure_plain is explicit, which then warns.
 source "$RBDGW_SOURCE_DIR/tests/lib/functions.sh"
 source "$RBDGW_SOURCE_DIR/tests/e2e/serve/serve-functions.sh"
@@ -31,6 +32,7 @@ cat >"$TEST_TMP/serve.json" <<J
   "tls": { "psk_file": "$TEST_TMP/server.psk", "certificates": "$TEST_TMP/pki" },
   "cluster": { "conf": "$CEPH_CONF" },
   "run_dir": "$SERVE_RUN",
+  "negotiation_timeout": 3,
   "exports": [
     { "name": "vol", "image": "rbd/$img", "encryption": "none",
       "allow": ["psk:alice", "psk:bob", "x509:carol"] },
@@ -83,6 +85,17 @@ refused "no such export" "nbds://bob@127.0.0.1:$P/nosuch?tls-psk-file=$TEST_TMP/
   "not available|unknown|No such|not found|export" "export 'nosuch' refused: no such export"
 refused "plain connection to a TLS-only server" "nbd://127.0.0.1:$P/vol" \
   "TLS" "this server requires TLS"
+
+# An idle client (connects, sends nothing) is cut off after negotiation_timeout.
+exec 8<>"/dev/tcp/127.0.0.1/$P"
+t0=$(date +%s)
+timeout 20 cat <&8 >/dev/null || fail "an idle client was not disconnected within 20 s"
+exec 8<&-
+el=$(($(date +%s) - t0))
+[ "$el" -le 10 ] || fail "idle client disconnected after ${el}s, negotiation_timeout is 3"
+log_has "negotiation timed out"
+alice_ok "an idle client"
+pass "an idle client is disconnected after negotiation_timeout (${el}s); others still served"
 
 printf 'read -P 0 0 64k\nquit\n' >&7
 exec 7>&-
