@@ -56,6 +56,7 @@ for f in "$plugindir/nbdkit-rbd-plugin.so" "$filterdir/nbdkit-luks2-filter.so" \
          /usr/share/man/man8/rbdgw.8 /usr/share/man/man8/rbdgw-csi.8 /usr/share/man/man8/rbdgw-gateway-host.8 \
          /lib/systemd/system/rbdgw-csi.service /lib/systemd/system/rbdgw@.service \
          /lib/systemd/system/rbdgw-gateway-host.service \
+         /lib/systemd/system/rbdgw-serve.service /usr/share/man/man8/rbdgw-serve.8 \
          /etc/default/rbdgw-csi \
          /usr/share/doc/rbdgw/examples/kubernetes/storageclass.yaml \
          /usr/share/doc/rbdgw/examples/container/Containerfile; do
@@ -108,14 +109,14 @@ pass "no RPATH into the build tree; all shared libraries resolve"
 
 # Man pages render, units parse.
 for m in man1/nbdkit-rbd-plugin.1 man1/nbdkit-luks2-filter.1 man8/rbdgw.8 man8/rbdgw-csi.8 \
-         man8/rbdgw-gateway-host.8; do
+         man8/rbdgw-gateway-host.8 man8/rbdgw-serve.8; do
   page=$root/usr/share/man/$m
   out_txt=$(MANWIDTH=80 man -l "$page" 2>/dev/null) || fail "man -l $m failed"
   grep -q '^NAME' <<<"$out_txt" && grep -q '^SYNOPSIS' <<<"$out_txt" || fail "$m lacks NAME/SYNOPSIS"
 done
-pass "the five man pages render"
+pass "the six man pages render"
 if command -v systemd-analyze >/dev/null; then
-  for u in rbdgw-csi.service rbdgw@.service rbdgw-gateway-host.service; do
+  for u in rbdgw-csi.service rbdgw@.service rbdgw-gateway-host.service rbdgw-serve.service; do
     unit=$root/lib/systemd/system/$u
     [ "$u" = rbdgw@.service ] && { cp "$unit" "$TEST_TMP/rbdgw@vol1.service"; unit=$TEST_TMP/rbdgw@vol1.service; }
     # Unknown keys or bad syntax are reported; missing /usr/sbin binaries
