@@ -238,6 +238,9 @@ CreatedVolume Controller::create(const std::string& name, const VolumeParams& pa
     if (auto n = image->get_meta(kMetaName); n && *n != name)
       throw Error(EEXIST, cat("image '", image->spec(), "' belongs to volume name '", *n,
                               "', not '", name, "'"));
+    if (auto cs = image->get_meta(kMetaContentSource))  // snapshots.hpp
+      throw Error(EEXIST, cat("volume '", name, "' already exists, made from ", *cs,
+                              "; this request has no content source"));
     if (auto p = image->get_meta(kMetaParams)) {
       if (*p != canonical)
         throw Error(EEXIST, cat("volume '", name, "' already exists with other parameters (", *p,

@@ -381,6 +381,8 @@ CreatedVolume Snapshots::create_volume(const std::string& name, const VolumePara
     if (!ours && parent_name(*image) != src_image)
       throw Error(EEXIST, cat("image '", image->spec(), "' belongs to volume name '", n.value_or("?"),
                               "', not '", name, "'"));
+    if (ours && !image->get_meta(kMetaContentSource) && image->get_meta(kMetaParams))
+      throw Error(EEXIST, cat("volume '", name, "' already exists, made without a content source"));
     if (ours) {
       if (auto cs = image->get_meta(kMetaContentSource)) {
         if (*cs != source.str())
@@ -409,10 +411,12 @@ CreatedVolume Snapshots::create_volume(const std::string& name, const VolumePara
     log::info("CreateVolume: cloned ", sloc.io.str(), "/", src_image, "@", parent_snap, " to ",
               image->spec(), " for '", name, "'");
   }
-  // The clone copied the source's metadata: make it this volume's.
-  image->set_meta(kMetaName, name);
+  // The clone copied the source's metadata: make it this volume's (the
+  // copied markers go before the name is ours, so that a retry never takes
+  // them for this volume's).
   image->remove_meta(kMetaParams);
   image->remove_meta(kMetaContentSource);
+  image->set_meta(kMetaName, name);
   image->remove_meta(kMetaSnapName);
   image->remove_meta(kMetaSnapSource);
   if (params.encrypted) {

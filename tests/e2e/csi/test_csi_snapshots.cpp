@@ -320,7 +320,8 @@ TEST_F(CsiSnapshots, EncryptionMismatchIsRefusedAndCreatesNothing) {
 
 TEST_F(CsiSnapshots, CreateSnapshotIsIdempotentByNameAndDeleteToleratesUnknownIds) {
   v1::CreateVolumeResponse a, b;
-  ASSERT_TRUE(create(unique("idem-a"), params(), 32 * MiB, &a).ok());
+  const std::string a_name = unique("idem-a");
+  ASSERT_TRUE(create(a_name, params(), 32 * MiB, &a).ok());
   ASSERT_TRUE(create(unique("idem-b"), params(), 32 * MiB, &b).ok());
   const std::string name = unique("idem-snap");
   v1::CreateSnapshotResponse s1, s2, s3;
@@ -331,6 +332,16 @@ TEST_F(CsiSnapshots, CreateSnapshotIsIdempotentByNameAndDeleteToleratesUnknownId
   EXPECT_CODE(create_snapshot(name, b.volume().volume_id(), &s3), StatusCode::ALREADY_EXISTS);
   EXPECT_CODE(create_snapshot(unique("x"), "0001-0004-test-0000000000000001-00000000-0000-5000-8000-000000000000", &s3),
               StatusCode::NOT_FOUND);
+  // A volume name stands for one content source: none, or this snapshot.
+  v1::CreateVolumeResponse v, x;
+  const std::string restored = unique("idem-restore");
+  ASSERT_TRUE(create_from(restored, params(), 32 * MiB, true, s1.snapshot().snapshot_id(), &v).ok());
+  EXPECT_CODE(create(restored, params(), 32 * MiB, &x), StatusCode::ALREADY_EXISTS);
+  EXPECT_CODE(create_from(restored, params(), 32 * MiB, false, a.volume().volume_id(), &x),
+              StatusCode::ALREADY_EXISTS);
+  EXPECT_CODE(create_from(a_name, params(), 32 * MiB, true, s1.snapshot().snapshot_id(), &x),
+              StatusCode::ALREADY_EXISTS);
+  EXPECT_TRUE(del(v.volume().volume_id()).ok());
   EXPECT_TRUE(delete_snapshot(s1.snapshot().snapshot_id()).ok());
   EXPECT_TRUE(delete_snapshot(s1.snapshot().snapshot_id()).ok());  // again: gone is deleted
   EXPECT_TRUE(delete_snapshot("not-a-snapshot-id").ok());
