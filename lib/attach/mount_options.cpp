@@ -2,6 +2,7 @@
 
 #include <sys/mount.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -105,9 +106,33 @@ bool contains(const std::vector<std::string_view>& v, std::string_view s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }
 
+// True unless value is a number the kernel reads as nonzero: ext4 reads
+// barrier=N with kstrtouint(base 0), so "00", "0x0" and "+0" are 0 too.
+bool kernel_zero(std::string_view value) {
+  if (value.starts_with('+')) value.remove_prefix(1);
+  int base = 10;
+  if (value.size() > 1 && value[0] == '0' && (value[1] == 'x' || value[1] == 'X')) {
+    base = 16;
+    value.remove_prefix(2);
+  } else if (value.size() > 1 && value[0] == '0') {
+    base = 8;
+  }
+  if (value.empty()) return true;
+  bool nonzero = false;
+  for (char ch : value) {
+    const int d = ch >= '0' && ch <= '9' ? ch - '0'
+                  : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                  : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                           : 99;
+    if (d >= base) return true;  // not a number: refused rather than guessed
+    nonzero |= d != 0;
+  }
+  return !nonzero;
+}
+
 // Why a filesystem option the filesystem knows is refused; empty: allowed.
 std::string refusal(std::string_view key, std::string_view value, bool has_value, bool read_only) {
-  if (key == "nobarrier" || (key == "barrier" && has_value && value == "0"))
+  if (key == "nobarrier" || (key == "barrier" && has_value && kernel_zero(value)))
     return "turns off cache flushes: an fsync would not reach the gateway, so acknowledged "
            "writes could be lost";
   if (key == "journal_dev" || key == "journal_path" || key == "logdev" || key == "rtdev")
@@ -201,6 +226,12 @@ MountOptions parse_mount_options(std::string_view list, std::string_view fstype,
   }
   for (const std::string& r : refused)
     why += cat(why.empty() ? "" : "; ", "mount option ", r);
+  // mount(2) reads one page of data and cuts it at PAGE_SIZE - 1 bytes:
+  // the filesystem would get a cut list ("barrier=01" cut to "barrier=0").
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  if (why.empty() && m.data.size() > page - 1)
+    why = cat("the filesystem options are ", m.data.size(), " bytes, longer than the ", page - 1,
+              " that mount(2) passes on (it would cut them)");
   if (!why.empty()) throw Error(EINVAL, cat("mount options '", list, "' for ", fstype, ": ", why));
   return m;
 }

@@ -86,6 +86,24 @@ grep -q "nouuid" "$TEST_TMP/err" || fail "nouuid on ext4: message does not name 
 assert_clean
 pass "ext4: unknown bogus_opt, refused nobarrier, xfs-only nouuid: exit 2 naming them, nothing left"
 
+# barrier=00 / 0x0 / +0 are barrier=0 to the kernel (kstrtouint, base 0),
+# and a data string past one page is cut by mount(2): "...,barrier=01"
+# with its '1' at byte 4095 reaches ext4 as barrier=0. Each refused.
+for o in barrier=00 barrier=0x0 barrier=+0 "$(printf 'commit=5,%.0s' $(seq 454))barrier=01"; do
+  rc=0
+  map --options "$o" 2>"$TEST_TMP/err" || rc=$?
+  if [ "$rc" = 0 ]; then
+    seen="per-mount '$(per_mount)', super options '$(super_opts)'"
+    unmap
+    fail "map --options ${o:0:40}... succeeded: $seen"
+  fi
+  [ "$rc" = 2 ] || fail "${o:0:40}...: exit $rc, expected 2: $(cat "$TEST_TMP/err")"
+  grep -q "fsync\|longer than" "$TEST_TMP/err" || fail "${o:0:40}...: not refused as nobarrier or too long: $(cat "$TEST_TMP/err")"
+  [ -z "$(awk -v m="$mnt" '$5 == m' /proc/self/mountinfo)" ] || fail "${o:0:40}...: left a mount"
+  assert_clean
+done
+pass "ext4: barrier=00, barrier=0x0, barrier=+0 and a data string cut by mount(2) to barrier=0: refused"
+
 # --- xfs ----------------------------------------------------------------
 new_image img 320M
 map --fstype xfs --options nouuid,noatime,discard,noexec

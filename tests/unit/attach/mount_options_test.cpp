@@ -81,4 +81,29 @@ TEST(MountOptions, OptionsThatBreakTheGuaranteesAreRefusedSayingWhy) {
   EXPECT_EQ(parse_mount_options("data=writeback", "ext4").data, "data=writeback");
 }
 
+// The kernel reads ext4's barrier=N with kstrtouint(base 0): "00", "0x0"
+// and "+0" are all 0, that is nobarrier (seen on this kernel: /proc/mounts
+// shows nobarrier for each).
+TEST(MountOptions, BarrierZeroIsRefusedInEverySpellingTheKernelReadsAsZero) {
+  for (const char* o : {"barrier=00", "barrier=0x0", "barrier=0X00", "barrier=+0", "barrier=000"})
+    EXPECT_NE(refusal(o, "ext4").find("fsync"), std::string::npos) << o;
+  EXPECT_EQ(parse_mount_options("barrier=01", "ext4").data, "barrier=01");
+  EXPECT_EQ(parse_mount_options("barrier=0x1", "ext4").data, "barrier=0x1");
+}
+
+// mount(2) copies one page of data and cuts it at PAGE_SIZE - 1 bytes: a
+// longer list reaches the filesystem cut, so "...,barrier=01" whose last
+// byte falls past the cut is read as barrier=0 (seen on this kernel).
+TEST(MountOptions, DataLongerThanTheKernelReadsIsRefused) {
+  std::string list;
+  for (int i = 0; i < 454; ++i) list += "commit=5,";
+  list += "barrier=01";  // 4096 bytes, the '1' at offset 4095
+  EXPECT_NE(refusal(list, "ext4").find("longer than"), std::string::npos);
+  // Options dropped before the data (x-*, generic flags) do not count.
+  std::string flags;
+  for (int i = 0; i < 600; ++i) flags += "noatime,";
+  flags += "discard";
+  EXPECT_EQ(parse_mount_options(flags, "ext4").data, "discard");
+}
+
 }  // namespace
