@@ -1,0 +1,66 @@
+# Helpers for the tests of the rbd plugin's exports-dir mode (one gateway,
+# many exports), on top of common.sh.
+
+# register_export DIR NAME IMAGE [read-only]: the registry entry of export
+# NAME serving rbd/IMAGE.
+register_export() {
+  {
+    echo "image=rbd/$3"
+    [ -z "${4:-}" ] || echo "read-only=true"
+  } >"$1/$2.tmp"
+  mv "$1/$2.tmp" "$1/$2"
+}
+
+# export_uri SOCK NAME
+export_uri() { echo "nbd+unix:///$2?socket=$1"; }
+
+# start_shared SOCKVAR PIDVAR LOG EXPORTS-DIR: one nbdkit serving every
+# export registered in EXPORTS-DIR, one writer per image (exclusive=true,
+# durable-writes=true, as lib/attach starts gateways); its messages go to LOG.
+start_shared() {
+  local __sv=$1 __pv=$2 __log=$3 __dir=$4
+  local __s="$TEST_TMP/shared-$RANDOM.sock" __p="$TEST_TMP/shared-$RANDOM.pid" __i __pid
+  nbdkit -f -U "$__s" -P "$__p" "$RBDGW_PLUGIN" "exports-dir=$__dir" \
+    exclusive=true durable-writes=true "conf=$CEPH_CONF" 2>>"$__log" &
+  __pid=$!
+  cleanup_fn "kill $__pid; for _ in \$(seq 50); do kill -0 $__pid 2>/dev/null || break; sleep 0.1; done; kill -9 $__pid"
+  for ((__i = 0; __i < 300; __i++)); do
+    [ -s "$__p" ] && [ -S "$__s" ] && break
+    kill -0 $__pid 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -s "$__p" ] || { cat "$__log" >&2; echo "start_shared: nbdkit did not start" >&2; return 1; }
+  printf -v "$__sv" '%s' "$__s"
+  printf -v "$__pv" '%s' "$__pid"
+}
+
+# mixed_io URI SEED MODEL: 150 random writes, zeroes, reads (checked against
+# a model of the export kept in memory) and flushes on the export; ends with
+# a flush and writes the model (what the export must hold) to MODEL.
+mixed_io() {
+  MIXED_SEED=$2 MIXED_MODEL=$3 nbdsh -u "$1" -c '
+import os, random
+size = h.get_size()
+model = bytearray(size)
+rnd = random.Random(int(os.environ["MIXED_SEED"]))
+for _ in range(150):
+    op = rnd.random()
+    off = rnd.randrange(0, size // 4096) * 4096
+    n = min(rnd.choice([4096, 65536, 1 << 20]), size - off)
+    if op < 0.6:
+        data = os.urandom(n)
+        h.pwrite(data, off)
+        model[off:off + n] = data
+    elif op < 0.75:
+        h.zero(n, off)
+        model[off:off + n] = bytes(n)
+    elif op < 0.9:
+        if h.pread(n, off) != model[off:off + n]:
+            raise SystemExit("read at %d+%d differs from what was written" % (off, n))
+    else:
+        h.flush()
+h.flush()
+with open(os.environ["MIXED_MODEL"], "wb") as f:
+    f.write(model)
+'
+}
