@@ -1,7 +1,7 @@
 // rbdgw-fuse: exposes one NBD export (on a unix socket) as a single regular
 // file through FUSE, for a loop device to sit on.
 //
-//   rbdgw-fuse [--name NAME] [--readonly] [--no-punch-hole] [--connections N]
+//   rbdgw-fuse [--name NAME] [--export NAME] [--readonly] [--no-punch-hole] [--connections N]
 //              [--threads N] [--max-background N] [--clone-fd]
 //              [--reconnect-timeout SECONDS] [--size-file PATH] SOCKET FILE
 //
@@ -82,6 +82,9 @@ using Clock = std::chrono::steady_clock;
 
 struct Options {
   std::string socket, file, name = "rbdgw", size_file;
+  // --export NAME: the NBD export to ask for (a shared gateway serving many
+  // volumes, nbdkit rbd exports-dir); empty: the server's default export.
+  std::string export_name;
   bool read_only = false;
   // A hole punch (what the loop driver makes of a discard as well as of a
   // write-zeroes with unmap) is refused, so the loop device stops taking
@@ -178,6 +181,11 @@ nbd_handle* connect_once(std::string* why) {
   nbd_handle* h = nbd_create();
   if (!h) {
     *why = nbd_get_error();
+    return nullptr;
+  }
+  if (!opts.export_name.empty() && nbd_set_export_name(h, opts.export_name.c_str()) < 0) {
+    *why = nbd_get_error();
+    nbd_close(h);
     return nullptr;
   }
   if (nbd_connect_unix(h, opts.socket.c_str()) < 0) {
@@ -410,7 +418,7 @@ int fs_truncate(const char*, off_t size, fuse_file_info*) {
 
 [[noreturn]] void usage(const std::string& msg) {
   std::fprintf(stderr,
-               "rbdgw-fuse: %s\nusage: rbdgw-fuse [--name NAME] [--readonly] [--no-punch-hole] [--connections N] "
+               "rbdgw-fuse: %s\nusage: rbdgw-fuse [--name NAME] [--export NAME] [--readonly] [--no-punch-hole] [--connections N] "
                "[--threads N] [--max-background N] [--clone-fd] [--reconnect-timeout SECONDS] [--size-file PATH] "
                "SOCKET FILE\n",
                msg.c_str());
@@ -435,6 +443,7 @@ void parse_args(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--name") opts.name = value();
+    else if (a == "--export") opts.export_name = value();
     else if (a == "--readonly") opts.read_only = true;
     else if (a == "--no-punch-hole") opts.no_punch_hole = true;
     else if (a == "--size-file") opts.size_file = value();
