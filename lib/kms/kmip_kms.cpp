@@ -102,12 +102,13 @@ class KmipKMS final : public EncryptionKMS {
     try {
       return client_.call(operation, std::move(payload));
     } catch (const Error& e) {
-      const std::string m = e.what();
-      int code = e.code();
-      // A Decrypt the server could not do with this key (padding failed):
-      // the stored DEK was not wrapped by this key, as a wrong secret is
-      // for the metadata KMS.
-      throw Error(code, cat(m, " (key '", uid_, "', volume ", volume_id, ")"));
+      // A Decrypt that an existing key fails (pykmip: General Failure when
+      // the PKCS5 padding does not check out): most likely the DEK was
+      // wrapped by another key. Said, not assumed: the errno stays.
+      const bool hint = operation == op::decrypt && (e.code() == EIO || e.code() == EPERM) &&
+                        std::string_view(e.what()).find(" failed: ") != std::string_view::npos;
+      throw Error(e.code(), cat(e.what(), " (key '", uid_, "', volume ", volume_id, ")",
+                                hint ? "; the stored DEK may have been wrapped by another key" : ""));
     }
   }
 

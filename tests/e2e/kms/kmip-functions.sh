@@ -67,10 +67,12 @@ logging_level=INFO
 database_path=$d/pykmip.db
 CONF
   : >"$d/client.conf"
-  pykmip-server -f "$d/server.conf" -l "$d/server.log" >"$d/server.out" 2>&1 &
+  # Its own process group: pykmip-server forks a multiprocessing manager,
+  # which outlives a killed server unless the whole group is killed.
+  setsid pykmip-server -f "$d/server.conf" -l "$d/server.log" >"$d/server.out" 2>&1 &
   pid=$!
   echo "$pid" >"$d/pid"
-  cleanup_fn "kill $pid; for _ in \$(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; kill -9 $pid"
+  cleanup_fn "kmip_stop '$d'"
   for _ in $(seq 100); do
     if "$KMIP_PY" -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null; then
       return 0
@@ -82,10 +84,11 @@ CONF
   fail "pykmip-server did not start on 127.0.0.1:$port"
 }
 
+# kmip_stop DIR: stops the server's process group (SIGTERM, then SIGKILL).
 kmip_stop() {
   local d=$1 pid
   pid=$(cat "$d/pid")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 30); do kill -0 -- "-$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
 }

@@ -31,6 +31,7 @@ creds() {
 }
 good_creds() { creds "$1" "$K/ca.pem" "$K/client.pem" "$K/client.key" "$2"; }
 
+other=$(kmip_tool "$K" create) || fail "creating a second key"
 revoked=$(kmip_tool "$K" create) && kmip_tool "$K" revoke "$revoked" || fail "revoking a key"
 destroyed=$(kmip_tool "$K" create) && kmip_tool "$K" revoke "$destroyed" &&
   kmip_tool "$K" destroy "$destroyed" || fail "destroying a key"
@@ -56,6 +57,7 @@ cat >"$TEST_TMP/kms.json" <<JSON
   $(entry wrong-ca "127.0.0.1:$port" "$(creds wrong-ca "$K/other-ca.pem" "$K/client.pem" "$K/client.key" "$uid")"),
   $(entry refused-client "127.0.0.1:$port" "$(creds refused "$K/ca.pem" "$K/other-client.pem" "$K/other-client.key" "$uid")"),
   $(entry unknown-key "127.0.0.1:$port" "$(good_creds unknown 987654)"),
+  $(entry other-key "127.0.0.1:$port" "$(good_creds other "$other")"),
   $(entry revoked "127.0.0.1:$port" "$(good_creds revoked "$revoked")"),
   $(entry destroyed "127.0.0.1:$port" "$(good_creds destroyed "$destroyed")"),
   $(entry garbage "127.0.0.1:$(cat "$K/fake-garbage.port")" "$(good_creds garbage "$uid")"),
@@ -131,6 +133,7 @@ bad_format() {
 bad_map() {
   expect_status "$2" cli map "rbd/$img" --conf "$CEPH_CONF" $(kms "$1" "$vol") --mount "$mnt" --attach userspace
   grep -Eq "$3" "$TEST_TMP/err" || fail "$1: map: message lacks /$3/: $(cat "$TEST_TMP/err")"
+  echo "  map $1: $(tail -1 "$TEST_TMP/err")"
   assert_clean
 }
 bad_format down 1 "127.0.0.1:$down.*(refused|Connection refused)"
@@ -144,6 +147,9 @@ bad_format refused-client 1 "TLS"
 bad_map refused-client 1 "TLS"
 bad_format unknown-key 3 "Item Not Found"
 bad_map unknown-key 3 "Item Not Found"
+# Another (active) key: pykmip's Decrypt fails the PKCS5 padding with a
+# General Failure (exit 1), named as a likely wrong key.
+bad_map other-key 1 "KMIP Decrypt failed.*wrapped by another key"
 bad_format revoked 1 "Permission Denied"
 bad_map revoked 1 "Permission Denied"
 bad_format destroyed 3 "Item Not Found"
@@ -154,7 +160,7 @@ for m in garbage truncated malformed; do
 done
 grep -q "truncated reply" <(cli format "rbd/$blank" --conf "$CEPH_CONF" $(kms truncated "vol-$blank") 2>&1) ||
   fail "a truncated reply is not called truncated"
-pass "server down, silent server, wrong CA, refused client, unknown/revoked/destroyed key, bad replies: clear errors, nothing changed"
+pass "server down, silent server, wrong CA, refused client, unknown/other/revoked/destroyed key, bad replies: clear errors, nothing changed"
 
 # The good volume still opens after all that.
 cli map "rbd/$img" --conf "$CEPH_CONF" $(kms kmip "$vol") --mount "$mnt" --attach userspace >/dev/null
