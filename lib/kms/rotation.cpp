@@ -186,7 +186,13 @@ void Rotation::forward(luks::Header& h, const SecretBuffer& p_new, const SecretB
 }
 
 // The record's `to` is our `from_`: back to the record's `from` (our to_),
-// which needs the old keyslot still there.
+// which needs the old keyslot still there. When the new keyslot exists the
+// roll-back is recorded first as the rotation the other way (from the
+// record's `to` to its `from`, both keyslots there: step added) and then
+// run forward like any rotation: killed in its middle, the record says
+// which KMS opens, and rerunning the original rotation is refused as
+// another rotation in progress instead of destroying the old keyslot
+// while the store already holds the old DEK again.
 RotateResult Rotation::roll_back() {
   luks::Header h = read_header();
   SecretBuffer p_old = to_->decrypt_dek(vol_, rec_.old_wrapped);
@@ -194,7 +200,6 @@ RotateResult Rotation::roll_back() {
     throw Error(EPERM, cat(what_, ": cannot roll back the rotation from KMS '", rec_.from, "' to '", rec_.to,
                            "': the old keyslot ", rec_.old_slot, " is gone (step ", step_name(rec_.step),
                            "); finish it: rotate-key --kms-id ", rec_.from, " --new-kms-id ", rec_.to));
-  point_to(*to_, *from_, rec_.old_wrapped);
   int new_slot = rec_.new_slot;
   if (new_slot < 0) {  // killed between adding it and recording it?
     try {
@@ -204,14 +209,25 @@ RotateResult Rotation::roll_back() {
     }
   }
   if (new_slot >= 0 && new_slot != rec_.old_slot && h.keyslot_active(new_slot)) {
-    change_header(h, [&](luks::Header& x) { x.destroy_keyslot(new_slot); });
-    say(cat("destroyed the new keyslot ", new_slot));
+    RotationRecord back;
+    back.from = rec_.to;
+    back.to = rec_.from;
+    back.old_wrapped = rec_.new_wrapped;
+    back.new_wrapped = rec_.old_wrapped;
+    back.old_slot = new_slot;
+    back.new_slot = rec_.old_slot;
+    back.started = utc_now();
+    rec_ = std::move(back);
+    record(RotationStep::added);
+    forward(h, p_old, nullptr);
+  } else {
+    point_to(*to_, *from_, rec_.old_wrapped);
+    img_.remove_meta(meta_rotation_key);
+    result_.old_slot = new_slot;
+    result_.new_slot = rec_.old_slot;
   }
-  img_.remove_meta(meta_rotation_key);
-  say(cat("rolled back: KMS '", to_->id(), "' and keyslot ", rec_.old_slot, " again"));
+  say(cat("rolled back: KMS '", to_->id(), "' and keyslot ", result_.new_slot, " again"));
   result_.rolled_back = true;
-  result_.old_slot = new_slot;
-  result_.new_slot = rec_.old_slot;
   return result_;
 }
 
