@@ -2,6 +2,7 @@
 
 #include <openssl/crypto.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 
@@ -275,8 +276,35 @@ Item byte_string(std::uint32_t tag, std::span<const std::uint8_t> v) {
   return it;
 }
 
+// The encoded size of `it` (no checks; the encoder makes them), so that
+// encode() allocates once: a vector that grows leaves the bytes written so
+// far (a DEK) in the freed block, unwiped.
+std::size_t encoded_size(const Item& it, unsigned depth, const Limits& limits) {
+  std::size_t len = 0;
+  switch (it.type) {
+    case Type::structure:
+      if (depth < limits.max_depth)
+        for (const Item& c : it.items) len += encoded_size(c, depth + 1, limits);
+      break;
+    case Type::integer:
+    case Type::enumeration:
+    case Type::interval:
+      len = 4;
+      break;
+    case Type::long_integer:
+    case Type::boolean:
+    case Type::date_time:
+      len = 8;
+      break;
+    default:
+      len = it.bytes.size();
+  }
+  return header_size + padded(len);
+}
+
 std::vector<std::uint8_t> encode(const Item& item, const Limits& limits) {
   Encoder e{limits, {}};
+  e.out.reserve(std::min(encoded_size(item, 0, limits), limits.max_size + header_size + 8));
   e.item(item, 0);
   return std::move(e.out);
 }
