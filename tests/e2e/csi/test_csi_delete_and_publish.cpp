@@ -302,7 +302,7 @@ TEST_F(CsiDeletePublish, ControllerAdvertisesPublishAndChecksItsArguments) {
       "0001-0004-test-0000000000000001-00000000-0000-5000-8000-000000000000";
   EXPECT_CODE(controller_publish(unknown, kNodeB), StatusCode::NOT_FOUND);
   EXPECT_CODE(controller_publish("", kNodeB), StatusCode::INVALID_ARGUMENT);
-  EXPECT_CODE(controller_publish("pvc-123", kNodeB), StatusCode::INVALID_ARGUMENT);
+  EXPECT_CODE(controller_publish("pvc-123", kNodeB), StatusCode::NOT_FOUND);  // names no volume
   EXPECT_CODE(controller_publish(unknown, ""), StatusCode::INVALID_ARGUMENT);
   {
     auto stub = v1::Controller::NewStub(channel);
