@@ -181,6 +181,33 @@ std::uint64_t capacity_of(rbd::Image& img) {
   return size > overhead ? size - overhead : 0;
 }
 
+// The names of the image's snapshots in the user namespace (RBD's own in
+// the trash namespace, kept while clones of them live, are not listed).
+std::vector<std::string> user_snaps(const rbd::Image& img) {
+  std::vector<rbd_snap_info_t> snaps(16);
+  int max = static_cast<int>(snaps.size());
+  int r;
+  while ((r = rbd_snap_list(img.handle(), snaps.data(), &max)) == -ERANGE) snaps.resize(max);
+  check(r, "rbd_snap_list", img.spec());
+  std::vector<std::string> out;
+  for (int i = 0; i < r; i++) {
+    rbd_snap_namespace_type_t t = RBD_SNAP_NAMESPACE_TYPE_USER;
+    if (rbd_snap_get_namespace_type(img.handle(), snaps[i].id, &t) == 0 &&
+        t != RBD_SNAP_NAMESPACE_TYPE_USER)
+      continue;
+    out.emplace_back(snaps[i].name);
+  }
+  rbd_snap_list_end(snaps.data());
+  return out;
+}
+
+// A temporary snapshot of Snapshots::create / create_volume (snapshots.cpp).
+bool is_temporary_snap(const std::string& s) {
+  for (const std::string p : {"csi-snap-tmp-", "csi-clone-tmp-"})
+    if (s.rfind(p, 0) == 0 && is_uuid(std::string_view(s).substr(p.size()))) return true;
+  return false;
+}
+
 }  // namespace
 
 VolumeId parse_existing_volume_id(std::string_view id) {
@@ -305,10 +332,30 @@ void Controller::remove(const VolumeId& id, const StringMap& secrets) {
                                  ") is the source of snapshots or clones that depend on it: ", list,
                                  "; delete those snapshots first; nothing was deleted"));
     }
-    if (!image->list_snaps().empty())
+    // Our own temporary snapshots (csi-snap-tmp-<uuid>, csi-clone-tmp-<uuid>)
+    // with no clone of them (none, checked above) are what an interrupted
+    // CreateSnapshot or clone left when it was never retried (the CO gave
+    // up without learning an ID): nothing depends on them, the retry would
+    // have removed them. Any other snapshot is the user's: refused, named.
+    std::vector<std::string> leftovers, theirs;
+    for (const auto& s : user_snaps(*image))
+      (is_temporary_snap(s) ? leftovers : theirs).push_back(s);
+    if (!theirs.empty()) {
+      std::string list;
+      for (const auto& s : theirs) list += (list.empty() ? "" : ", ") + s;
       throw Error(ENOTEMPTY, cat("volume '", id.str(), "' (image ", image->spec(),
-                                 ") has snapshots; nothing was deleted"));
+                                 ") has snapshots not made by rbdgw-csi: ", list,
+                                 "; nothing was deleted"));
+    }
     image->close();
+    if (!leftovers.empty()) {
+      rbd::Image rw = rbd::Image::open(loc->io, loc->image);
+      for (const auto& s : leftovers) {
+        const int r = rbd_snap_remove(rw.handle(), s.c_str());
+        if (r != -ENOENT) check(r, "rbd_snap_remove", rw.spec() + "@" + s);
+        log::info("DeleteVolume: removed ", rw.spec(), "@", s, ", left by an interrupted create");
+      }
+    }
     // 2. Out of reach by name, data and key still there.
     const int r = rbd_trash_move(loc->io.handle(), loc->image.c_str(), 0);
     if (r == -EBUSY)
