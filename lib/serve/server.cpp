@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -27,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -492,25 +494,96 @@ class Backend {
   pid_t pid_ = -1;
 };
 
+// ---- negotiation deadlines ---------------------------------------------
+// negotiation_timeout bounds the whole time from accept to the chosen export,
+// not each read: SO_RCVTIMEO alone let a client that sends a byte now and then
+// (or trickles its TLS handshake) hold a connection and its thread for ever.
+// One thread shuts down the socket of every connection past its deadline;
+// the session's blocked read then ends.
+class Deadlines {
+ public:
+  Deadlines() : thread_([this] { loop(); }) { thread_.detach(); }
+  // Returns a ticket for cancel(); 0 when timeout is 0 (no deadline).
+  std::uint64_t arm(int fd, int seconds) {
+    if (seconds <= 0) return 0;
+    std::lock_guard<std::mutex> l(mu_);
+    const std::uint64_t t = ++next_;
+    armed_[t] = {std::chrono::steady_clock::now() + std::chrono::seconds(seconds), fd};
+    cv_.notify_one();
+    return t;
+  }
+  // After cancel() the fd is never touched again. True when the deadline had
+  // passed (the socket was shut down).
+  bool cancel(std::uint64_t t) {
+    if (t == 0) return false;
+    std::lock_guard<std::mutex> l(mu_);
+    if (armed_.erase(t)) return false;
+    return expired_.erase(t) > 0;
+  }
+
+ private:
+  struct Entry {
+    std::chrono::steady_clock::time_point when;
+    int fd;
+  };
+  void loop() {
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      auto next = std::chrono::steady_clock::time_point::max();
+      const auto now = std::chrono::steady_clock::now();
+      for (auto it = armed_.begin(); it != armed_.end();) {
+        if (it->second.when <= now) {
+          ::shutdown(it->second.fd, SHUT_RDWR);
+          expired_.insert(it->first);
+          it = armed_.erase(it);
+        } else {
+          next = std::min(next, it->second.when);
+          ++it;
+        }
+      }
+      if (next == std::chrono::steady_clock::time_point::max()) cv_.wait(l);
+      else cv_.wait_until(l, next);
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::uint64_t, Entry> armed_;
+  std::set<std::uint64_t> expired_;
+  std::uint64_t next_ = 0;
+  std::thread thread_;
+};
+
 // ---- one client connection ------------------------------------------------
 class Session {
  public:
   Session(int fd, std::string peer, const Config& c, SSL_CTX* ctx,
-          std::map<std::string, std::unique_ptr<Backend>>& backends)
-      : client_(fd), peer_(std::move(peer)), config_(c), ctx_(ctx), backends_(backends) {}
+          std::map<std::string, std::unique_ptr<Backend>>& backends, Deadlines& deadlines)
+      : client_(fd), peer_(std::move(peer)), config_(c), ctx_(ctx), backends_(backends),
+        deadlines_(deadlines) {}
 
   void run() {
     try {
       set_timeout(config_.negotiation_timeout);
+      deadline_ = deadlines_.arm(client_.fd(), config_.negotiation_timeout);
       negotiate();
     } catch (const ConnectionClosed& e) {
-      log::info(peer_, ": connection ended: ", e.what());
+      if (end_deadline()) log::info(peer_, ": connection ended: ", timed_out().what());
+      else log::info(peer_, ": connection ended: ", e.what());
     } catch (const std::exception& e) {
-      log::warn(peer_, ": connection dropped: ", e.what());
+      if (end_deadline()) log::info(peer_, ": connection ended: ", timed_out().what());
+      else log::warn(peer_, ": connection dropped: ", e.what());
     }
+    end_deadline();
   }
 
  private:
+  // Disarms the negotiation deadline; true when it had already passed.
+  bool end_deadline() {
+    const bool expired = deadlines_.cancel(deadline_);
+    deadline_ = 0;
+    return expired;
+  }
+
   void set_timeout(int seconds) {
     timeval tv{seconds, 0};
     ::setsockopt(client_.fd(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -786,38 +859,108 @@ class Session {
     }
   }
 
-  // Transmission phase: bytes both ways until either side closes.
+  // Transmission phase: bytes both ways until either side closes. Both
+  // directions move independently (non-blocking sockets, a buffer each way):
+  // a client with reads and writes in flight at once must have the backend's
+  // replies read while its requests wait to be written, or both ends block
+  // on full sockets for ever (nbdkit stops reading requests while its replies
+  // cannot be sent).
   void relay() {
+    if (end_deadline()) throw timed_out();
     set_timeout(0);
-    std::vector<unsigned char> buf(256 * 1024);
-    pollfd p[2] = {{client_.fd(), POLLIN, 0}, {backend_fd_, POLLIN, 0}};
+    const int cfd = client_.fd(), bfd = backend_fd_;
+    SSL* ssl = client_.ssl();
+    for (int fd : {cfd, bfd}) {
+      const int fl = ::fcntl(fd, F_GETFL);
+      if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+        throw ConnectionClosed(errno_message("fcntl O_NONBLOCK", "", errno));
+    }
+    constexpr std::size_t kBuf = 256 * 1024;
+    std::vector<unsigned char> up(kBuf), down(kBuf);  // client->backend, backend->client
+    std::size_t up_len = 0, up_off = 0, down_len = 0, down_off = 0;
+    bool read_wants_write = false, write_wants_read = false;  // TLS: the other direction's readiness
+    auto ssl_fail = [&](const char* what, int r) -> std::ptrdiff_t {
+      const int e = SSL_get_error(ssl, r);
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return -1;
+      if (e == SSL_ERROR_ZERO_RETURN) return 0;
+      if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) return 0;  // EOF, no close_notify
+      throw ConnectionClosed(cat(what, ": ", ssl_errors()));
+    };
     for (;;) {
-      if (!client_.pending()) {
-        const int r = ::poll(p, 2, -1);
-        if (r < 0) {
-          if (errno == EINTR) continue;
-          throw ConnectionClosed(errno_message("poll", "", errno));
+      bool progress = false;
+      if (up_len == 0) {  // from the client (TLS may hold decrypted bytes poll cannot see)
+        std::ptrdiff_t n;
+        if (ssl) {
+          const int r = SSL_read(ssl, up.data(), int(kBuf));
+          n = r > 0 ? r : ssl_fail("TLS read", r);
+          read_wants_write = n < 0 && SSL_get_error(ssl, r) == SSL_ERROR_WANT_WRITE;
+        } else {
+          n = ::read(cfd, up.data(), kBuf);
+          if (n < 0 && errno != EAGAIN && errno != EINTR)
+            throw ConnectionClosed(errno_message("read", "", errno));
         }
-      } else {
-        p[0].revents = POLLIN;
-        p[1].revents = 0;
-      }
-      if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-        const std::size_t n = client_.read_some(buf.data(), buf.size());
         if (n == 0) {
           log::info(who(), ": client disconnected from '", backend_name_, "'");
           return;
         }
-        backend_->write_all(buf.data(), n);
+        if (n > 0) {
+          up_len = std::size_t(n);
+          up_off = 0;
+          progress = true;
+        }
       }
-      if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
-        const std::size_t n = backend_->read_some(buf.data(), buf.size());
+      if (up_off < up_len) {  // to the backend
+        const ssize_t n = ::send(bfd, up.data() + up_off, up_len - up_off, MSG_NOSIGNAL);
+        if (n < 0 && errno != EAGAIN && errno != EINTR)
+          throw ConnectionClosed(errno_message("write to the backend", "", errno));
+        if (n > 0) {
+          up_off += std::size_t(n);
+          if (up_off == up_len) up_len = up_off = 0;
+          progress = true;
+        }
+      }
+      if (down_len == 0) {  // from the backend
+        const ssize_t n = ::read(bfd, down.data(), kBuf);
         if (n == 0) {
           log::warn(who(), ": backend of '", backend_name_, "' closed the connection");
           return;
         }
-        client_.write_all(buf.data(), n);
+        if (n < 0 && errno != EAGAIN && errno != EINTR)
+          throw ConnectionClosed(errno_message("read from the backend", "", errno));
+        if (n > 0) {
+          down_len = std::size_t(n);
+          down_off = 0;
+          progress = true;
+        }
       }
+      if (down_off < down_len) {  // to the client (a TLS write is retried with the same bytes)
+        std::ptrdiff_t n;
+        if (ssl) {
+          const int r = SSL_write(ssl, down.data() + down_off, int(down_len - down_off));
+          n = r > 0 ? r : ssl_fail("TLS write", r);
+          write_wants_read = n < 0 && SSL_get_error(ssl, r) == SSL_ERROR_WANT_READ;
+          if (n == 0) throw ConnectionClosed("TLS write: client closed the connection");
+        } else {
+          n = ::send(cfd, down.data() + down_off, down_len - down_off, MSG_NOSIGNAL);
+          if (n < 0 && errno != EAGAIN && errno != EINTR)
+            throw ConnectionClosed(errno_message("write", "", errno));
+        }
+        if (n > 0) {
+          down_off += std::size_t(n);
+          if (down_off == down_len) down_len = down_off = 0;
+          progress = true;
+        }
+      }
+      if (progress) continue;
+      short ce = 0, be = 0;
+      if (up_len == 0) ce |= read_wants_write ? POLLOUT : POLLIN;
+      if (down_off < down_len) ce |= write_wants_read ? POLLIN : POLLOUT;
+      if (down_len == 0) be |= POLLIN;
+      if (up_off < up_len) be |= POLLOUT;
+      // An fd with nothing asked of it is left out (its POLLHUP would spin).
+      pollfd p[2] = {{ce ? cfd : -1, ce, 0}, {be ? bfd : -1, be, 0}};
+      if (::poll(p, 2, -1) < 0 && errno != EINTR)
+        throw ConnectionClosed(errno_message("poll", "", errno));
     }
   }
 
@@ -832,6 +975,8 @@ class Session {
   std::unique_ptr<Stream> backend_;
   int backend_fd_ = -1;
   std::string backend_name_;
+  Deadlines& deadlines_;
+  std::uint64_t deadline_ = 0;
 };
 
 // ---- listeners ----------------------------------------------------------
@@ -942,6 +1087,7 @@ void run(const Config& config, const Tools& tools) {
     if (l.unix_socket) unix_paths.push_back(l.path);
   }
 
+  static Deadlines& deadlines = *new Deadlines;  // never destroyed: its thread runs until exit
   std::atomic<bool> stopping{false};
   std::vector<std::thread> acceptors;
   for (int lfd : lfds)
@@ -962,7 +1108,7 @@ void run(const Config& config, const Tools& tools) {
         }
         const std::string peer = addr_string(reinterpret_cast<sockaddr*>(&ss), sl);
         std::thread([fd, peer, &config, &ctx, &backends] {
-          Session s(fd, peer, config, ctx.get(), backends);
+          Session s(fd, peer, config, ctx.get(), backends, deadlines);
           s.run();
         }).detach();
       }

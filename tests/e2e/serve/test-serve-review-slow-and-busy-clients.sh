@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# `rbdgw serve` against clients that are slow or busy (review R3):
+# - negotiation_timeout bounds the whole time from accept to NBD_OPT_GO: a
+#   client that trickles a valid handshake one byte a second (each read well
+#   inside the timeout) is still cut off once the timeout has passed;
+# - a client with reads and writes in flight at once (its replies read by
+#   another thread, as libnbd, qemu and the kernel do) gets every reply: the
+#   relay must not stop reading the backend's replies while it is blocked
+#   writing the client's requests to it.
+# Plain NBD (insecure_plain) so that hand-made clients can speak it; the
+# front's relay and deadline are the same code with TLS.
+source "$RBDGW_SOURCE_DIR/tests/lib/functions.sh"
+source "$RBDGW_SOURCE_DIR/tests/e2e/serve/serve-functions.sh"
+requires which python3
+CLIENT="$RBDGW_SOURCE_DIR/tests/e2e/serve/review_client.py"
+
+new_image img 64M
+cat >"$TEST_TMP/serve.json" <<J
+{ "listen": ["127.0.0.1:0"], "insecure_plain": true,
+  "cluster": { "conf": "$CEPH_CONF" }, "run_dir": "$SERVE_RUN",
+  "negotiation_timeout": 3,
+  "exports": [ { "name": "vol", "image": "rbd/$img", "encryption": "none", "allow": ["anonymous"] } ] }
+J
+start_serve "$TEST_TMP/serve.json"
+P=$SERVE_PORT
+
+# 1. A trickling client: a byte a second for 10 s, timeout 3 s.
+t0=$(date +%s)
+r=$(timeout 60 python3 "$CLIENT" drip 127.0.0.1 "$P" 10) || fail "drip client failed"
+el=$(($(date +%s) - t0))
+[ "$r" = closed ] || fail "a client trickling its handshake for ${el}s was still served (negotiation_timeout 3): '$r'"
+log_has "negotiation timed out"
+s=$(nbdinfo --size "nbd://127.0.0.1:$P/vol") || fail "after the trickling client: not served"
+[ "$s" = $((64 << 20)) ] || fail "size $s"
+pass "a client trickling its handshake is cut off at negotiation_timeout; others still served"
+
+# 2. Reads and writes in flight at once: 64 pairs of 1 MiB READ + 1 MiB WRITE.
+r=$(timeout 120 python3 "$CLIENT" mixed 127.0.0.1 "$P" vol 64 1) || fail "mixed client failed: $r"
+case "$r" in
+  done*) ;;
+  *) fail "reads and writes in flight at once through the relay: $r" ;;
+esac
+# The writes landed: every 1 MiB slot holds the pattern.
+nbdcopy "nbd://127.0.0.1:$P/vol" "$TEST_TMP/back.raw" || fail "read back"
+python3 - "$TEST_TMP/back.raw" <<'PY' || fail "written pattern not read back"
+import sys
+p = bytes(range(256)) * 4096
+d = open(sys.argv[1], "rb").read()
+assert len(d) == 64 << 20
+assert all(d[i:i + len(p)] == p for i in range(0, len(d), len(p))), "mismatch"
+PY
+pass "64 MiB of reads and 64 MiB of writes in flight at once: $r, data read back"
+
+stop_serve "$SERVE_PID"
+assert_serve_clean
