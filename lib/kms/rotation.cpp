@@ -178,6 +178,16 @@ void Rotation::forward(luks::Header& h, const SecretBuffer& p_new, const SecretB
       change_header(h, [&](luks::Header& x) { x.destroy_keyslot(rec_.old_slot); });
       say(cat("destroyed the old keyslot ", rec_.old_slot));
     }
+    // The old passphrase may open other keyslots too (ceph-csi's rotation
+    // first copies it to a spare one, so one of its rotations stopped there
+    // leaves it twice): each goes, or the old secret would still open.
+    for (int slot; p_old && (slot = slot_of(h, *p_old)) >= 0 && slot != rec_.new_slot;) {
+      if (slot_of(h, p_new) != rec_.new_slot)
+        throw Error(EIO, cat(what_, ": keyslot ", rec_.new_slot, " no longer opens with the new "
+                                    "passphrase; not removing keyslot ", slot));
+      change_header(h, [&](luks::Header& x) { x.destroy_keyslot(slot); });
+      say(cat("destroyed keyslot ", slot, ", which the old passphrase opened too"));
+    }
     record(RotationStep::removed);
   }
   img_.remove_meta(meta_rotation_key);
