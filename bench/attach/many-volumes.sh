@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/attach/many-volumes.sh [-n N | --100] [--encrypted] [--keep-going]
+# bench/attach/many-volumes.sh [-n N | --100] [--encrypted | --shared]
 #
 # What each mapped volume costs on a node: starts a throwaway memstore
 # cluster (tests/cluster/ceph-cluster.sh), creates N images (N=20, or 100
@@ -12,30 +12,46 @@
 #   - the processes, RSS (sum of ps rss) and threads (sum of ps nlwp) of
 #     the gateways and of the exporters, in total and per volume, and the
 #     cost of the last half of the volumes (per additional volume).
+# --shared: the shared gateway instead, set up by this script (not yet by
+# `rbdgw map`): ONE nbdkit rbd exports-dir=DIR (durable-writes, exclusive,
+# as lib/attach starts gateways) serving every volume as its own export,
+# and per volume a registry entry, an rbdgw-fuse --export NAME and a loop
+# device (--direct-io=on), as the userspace path has. Levers:
+# BENCH_NBDKIT_ARGS (e.g. "-t 4": nbdkit's threads are per connection),
+# BENCH_FUSE_ARGS (e.g. "--connections 2 --threads 2").
 # Leaves nothing behind (unmaps, stops the cluster, removes its directory).
 # Uses the build in $RBDGW_BUILD_DIR (default: build/ in the source tree).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
-n=20 encrypted=
+n=20 encrypted= shared=
 while [ $# -gt 0 ]; do
   case $1 in
     -n) n=$2; shift 2 ;;
     --100) n=100; shift ;;
     --encrypted) encrypted=1; shift ;;
-    *) echo "usage: many-volumes.sh [-n N | --100] [--encrypted]" >&2; exit 2 ;;
+    --shared) shared=1; shift ;;
+    *) echo "usage: many-volumes.sh [-n N | --100] [--encrypted | --shared]" >&2; exit 2 ;;
   esac
 done
 build=$(cd "${RBDGW_BUILD_DIR:-$src/build}" && pwd)
-rbdgw=$build/csi-shim/cli/rbdgw
+rbdgw=$build/csi-shim/cli/rbdgw fuse=$build/csi-shim/fuse/rbdgw-fuse
 export RBDGW_PLUGIN=$build/nbdkit-plugin/rbd/nbdkit-rbd-plugin.so
 dir=$(mktemp -d /var/tmp/rbdgw-bench-many.XXXXXX)
 run_root=$dir/run cluster=$dir/cluster
+shared_pid=
 cleanup() {
   set +e
-  local s
+  local s i
+  if [ -n "$shared" ]; then
+    for i in $(seq 1 "$n"); do unmap_shared "$i" >/dev/null 2>&1; done
+    [ -n "$shared_pid" ] && kill "$shared_pid" && wait "$shared_pid"
+  fi
   for s in "$run_root"/*/stash.json; do
-    [ -e "$s" ] && "$rbdgw" --run-root "$run_root" unmap "$(basename "$(dirname "$s")")" >/dev/null 2>&1
+    [ -e "$s" ] || continue
+    v=$(basename "$(dirname "$s")")
+    "$rbdgw" --run-root "$run_root" unmap "$v" >/dev/null 2>&1 ||
+      "$rbdgw" --run-root "$run_root" unmap --force "$v" >/dev/null 2>&1
   done
   "$src/tests/cluster/ceph-cluster.sh" stop "$cluster" >/dev/null 2>&1
   if grep -q " $dir/" /proc/self/mountinfo || losetup -a | grep -q "$dir/"; then
@@ -58,10 +74,67 @@ fi
 for i in $(seq 1 "$n"); do rbd create --size 256M "rbd/vol$i"; done
 log "mapping $n volumes"
 
+# --shared: map_shared I / unmap_shared I.
+sh=$dir/shared
+map_shared() {
+  local i=$1 d=$sh/v$1
+  mkdir -p "$d"
+  echo "image=rbd/vol$i" >"$sh/exports/v$i"
+  : >"$d/disk"
+  chmod 600 "$d/disk"
+  # shellcheck disable=SC2086
+  "$fuse" --name "rbdgw:vol$i" --export "v$i" --size-file "$d/size" ${BENCH_FUSE_ARGS:-} \
+    "$sh/sock" "$d/disk" 2>"$d/fuse.log" &
+  echo $! >"$d/fuse.pid"
+  local k
+  for k in $(seq 300); do mountpoint -q "$d/disk" && break; sleep 0.05; done
+  mountpoint -q "$d/disk" || { cat "$d/fuse.log" >&2; return 1; }
+  losetup --find --show --direct-io=on "$d/disk" >"$d/loop"
+}
+unmap_shared() {
+  local i=$1 d=$sh/v$1
+  [ -d "$d" ] || return 0
+  [ -s "$d/loop" ] && losetup -d "$(cat "$d/loop")"
+  mountpoint -q "$d/disk" && fusermount3 -u "$d/disk"
+  local p; p=$(cat "$d/fuse.pid" 2>/dev/null) || p=
+  if [ -n "$p" ]; then
+    for k in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+  fi
+  rm -f "$sh/exports/v$i"
+  rm -rf "$d"
+}
+if [ -n "$shared" ]; then
+  mkdir -p "$sh/exports"
+  # shellcheck disable=SC2086
+  nbdkit -f --log=stderr -U "$sh/sock" -P "$sh/nbdkit.pid" ${BENCH_NBDKIT_ARGS:-} "$RBDGW_PLUGIN" \
+    "exports-dir=$sh/exports" durable-writes=true exclusive=true "conf=$CEPH_CONF" 2>"$sh/gateway.log" &
+  shared_pid=$!
+  for k in $(seq 300); do [ -S "$sh/sock" ] && break; sleep 0.1; done
+  [ -S "$sh/sock" ] || { cat "$sh/gateway.log" >&2; exit 1; }
+fi
+map_one() {
+  if [ -n "$shared" ]; then map_shared "$1"; return; fi
+  "$rbdgw" --run-root "$run_root" map "rbd/vol$1" --attach userspace "${enc[@]}" >/dev/null 2>"$dir/map.log" ||
+    { cat "$dir/map.log" >&2; exit 1; }
+}
+unmap_one() {
+  if [ -n "$shared" ]; then unmap_shared "$1"; return; fi
+  "$rbdgw" --run-root "$run_root" unmap "rbd/vol$1" >/dev/null
+}
+devices() {
+  if [ -n "$shared" ]; then cat "$sh"/v*/loop; return; fi
+  local s
+  for s in "$run_root"/*/stash.json; do jq -r .device "$s"; done
+}
+
 # sample: "procs rss_kib threads" of the gateways and the exporters of the
-# volumes mapped so far (from their stash files).
+# volumes mapped so far (from their stash files; --shared: the one nbdkit).
 sample() {
   local s gw=() fu=() p
+  if [ -n "$shared" ]; then
+    gw=("$shared_pid")
+    for s in "$sh"/v*/fuse.pid; do [ -e "$s" ] && fu+=("$(cat "$s")"); done
+  fi
   for s in "$run_root"/*/stash.json; do
     [ -e "$s" ] || continue
     gw+=("$(jq -r .gateway.pid "$s")")
@@ -77,24 +150,23 @@ sample() {
 
 t0=$(date +%s.%N)
 half=$((n / 2))
+[ -z "$shared" ] || read -r -d '' at_0 < <(sample) || true
 for i in $(seq 1 "$n"); do
-  "$rbdgw" --run-root "$run_root" map "rbd/vol$i" --attach userspace "${enc[@]}" >/dev/null 2>"$dir/map.log" ||
-    { cat "$dir/map.log" >&2; exit 1; }
+  map_one "$i"
   if [ "$i" = "$half" ]; then sleep 2; read -r -d '' at_half < <(sample) || true; fi
 done
 t1=$(date +%s.%N)
 sleep 2
 read -r -d '' at_n < <(sample) || true
 # A little I/O on every volume, then sample again (threads grow with use).
-for s in "$run_root"/*/stash.json; do
-  dev=$(jq -r .device "$s")
+for dev in $(devices); do
   dd if=/dev/urandom of="$dev" bs=1M count=4 oflag=direct status=none
   dd if="$dev" of=/dev/null bs=1M count=4 iflag=direct status=none
 done
 sleep 1
 read -r -d '' after_io < <(sample) || true
 t2=$(date +%s.%N)
-for i in $(seq 1 "$n"); do "$rbdgw" --run-root "$run_root" unmap "rbd/vol$i" >/dev/null; done
+for i in $(seq 1 "$n"); do unmap_one "$i"; done
 t3=$(date +%s.%N)
 
 report() {  # report LABEL "gwline\nfuline" [per]
@@ -104,9 +176,10 @@ report() {  # report LABEL "gwline\nfuline" [per]
     printf "%-22s gateways %3d procs %8.1f MiB %5d thr | exporters %3d procs %8.1f MiB %5d thr | per volume %6.1f MiB %5.1f thr\n",
       l, gc, gr/1024, gt, fc, fr/1024, ft, (gr+fr)/1024/per, (gt+ft)/per }'
 }
-echo "many-volumes: $n volumes$([ -n "$encrypted" ] && echo ' (encrypted)'), userspace attach, memstore cluster"
+echo "many-volumes: $n volumes$([ -n "$encrypted" ] && echo ' (encrypted)')$([ -n "$shared" ] && echo " through ONE shared gateway (nbdkit ${BENCH_NBDKIT_ARGS:-} exports-dir; rbdgw-fuse ${BENCH_FUSE_ARGS:-})"), userspace attach, memstore cluster"
 printf 'map all:   %.1f s (%.2f s per volume)\n' "$(echo "$t1 - $t0" | bc)" "$(echo "($t1 - $t0) / $n" | bc -l)"
 printf 'unmap all: %.1f s (%.2f s per volume)\n' "$(echo "$t3 - $t2" | bc)" "$(echo "($t3 - $t2) / $n" | bc -l)"
+[ -z "$shared" ] || report "gateway alone (0)" "$at_0" 1
 report "after map ($half)" "$at_half" "$half"
 report "after map ($n)" "$at_n" "$n"
 report "after I/O ($n)" "$after_io" "$n"
