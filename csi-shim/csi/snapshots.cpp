@@ -158,6 +158,41 @@ SnapshotInfo info_of(rbd::Image& img, const VolumeId& id) {
   return s;
 }
 
+// Flattens every clone of any snapshot of img (wherever its pool, also one
+// in the trash), so that none depends on img any more.
+void flatten_children(const rbd::IoCtx& img_io, const rbd::Image& img, const std::string& why) {
+  std::vector<rbd_linked_image_spec_t> c(16);
+  std::size_t n = c.size();
+  int r;
+  while ((r = rbd_list_children3(img.handle(), c.data(), &n)) == -ERANGE) c.resize(n);
+  check(r, "rbd_list_children3", img.spec());
+  struct Child {
+    std::int64_t pool;
+    std::string ns, id, name;
+  };
+  std::vector<Child> kids;
+  for (std::size_t i = 0; i < n; ++i)
+    kids.push_back({c[i].pool_id, c[i].pool_namespace ? c[i].pool_namespace : "", c[i].image_id,
+                    cat(c[i].pool_name, "/", c[i].image_name)});
+  rbd_linked_image_spec_list_cleanup(c.data(), n);
+  rados_t cluster = rados_ioctx_get_cluster(img_io.handle());
+  for (const auto& k : kids) {
+    rados_ioctx_t io = nullptr;
+    check(rados_ioctx_create2(cluster, k.pool, &io), "rados_ioctx_create2", k.name);
+    rados_ioctx_set_namespace(io, k.ns.c_str());
+    rbd_image_t child = nullptr;
+    r = rbd_open_by_id(io, k.id.c_str(), &child, nullptr);
+    if (r == 0) {
+      log::info(why, ": flattening ", k.name, ", an unfinished restore from ", img.spec());
+      r = rbd_flatten(child);
+      rbd_close(child);
+    }
+    rados_ioctx_destroy(io);
+    if (r == -ENOENT) continue;  // removed meanwhile
+    check(r, "rbd_flatten", k.name);
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> image_children(const rbd::Image& img) {
@@ -237,13 +272,13 @@ void Snapshots::remove(const std::string& snapshot_id, const StringMap& secrets)
     return;
   }
   rbd::Image& img = s->image;
-  if (auto kids = image_children(img); !kids.empty()) {
-    std::string list;
-    for (const auto& k : kids) list += (list.empty() ? "" : ", ") + k;
-    throw Error(EBUSY, cat("snapshot '", snapshot_id, "' (image ", img.spec(),
-                           ") is the source of volumes still being made: ", list,
-                           "; nothing was deleted, retry once they are"));
-  }
+  // Its clones are restores not finished: no CreateVolume from this
+  // snapshot runs here (it holds this ID's lock), so each was interrupted,
+  // and maybe abandoned for good (its PVC deleted while it was made: the
+  // CO never learnt its ID). Refusing would keep the snapshot, and so its
+  // source volume, forever; made independent (flattened: what its
+  // CreateVolume does next), each keeps its data and the snapshot can go.
+  flatten_children(s->loc.io, img, cat("DeleteSnapshot '", snapshot_id, "'"));
   if (auto kms_id = img.get_meta(kMetaKmsId)) remove_encryption(img, *id, *kms_id, secrets);
   remove_snap_if_exists(img, kSnapName);
   img.close();

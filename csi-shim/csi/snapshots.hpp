@@ -96,8 +96,9 @@ class Snapshots {
   SnapshotInfo create(const std::string& name, const std::string& source_volume_id,
                       const StringMap& secrets);
 
-  // DeleteSnapshot: success for a malformed or unknown ID. EBUSY while a
-  // restore from it is being made.
+  // DeleteSnapshot: success for a malformed or unknown ID. Restores from it
+  // that were interrupted (clones of it, none running here: the caller
+  // holds the ID's lock) are flattened first, so they keep their data.
   void remove(const std::string& snapshot_id, const StringMap& secrets);
 
   // ListSnapshots: by ID (an unknown one is an empty list), by source

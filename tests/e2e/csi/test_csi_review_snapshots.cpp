@@ -258,4 +258,42 @@ TEST_F(CsiReviewSnapshots, ListSnapshotsRefusesForgedTokensAndTakesAnyMaxEntries
   EXPECT_TRUE(del(src.volume().volume_id()).ok());
 }
 
+// A restore interrupted after its clone and never retried (the PVC was
+// deleted while it was being provisioned: the CO never learnt its ID)
+// leaves a half-made volume that is a clone of the snapshot. DeleteSnapshot
+// must not refuse forever because of it (and with it the source's
+// DeleteVolume): the half-made volume is made independent (flattened, its
+// data intact) and the snapshot goes.
+TEST_F(CsiReviewSnapshots, AnAbandonedRestoreDoesNotKeepTheSnapshotForever) {
+  v1::CreateVolumeResponse src;
+  ASSERT_TRUE(create(unique("rv-restore-src"), params(), 32 * MiB, &src).ok());
+  {
+    auto c = connect();
+    auto io = c.open_ioctx("rbd");
+    auto img = rbd::Image::open(io, image_of(src));
+    const std::string data = "written before the snapshot";
+    img.write(0, data.data(), data.size());
+  }
+  v1::CreateSnapshotResponse snap;
+  ASSERT_TRUE(create_snapshot(unique("rv-restore-snap"), src.volume().volume_id(), &snap).ok());
+  const std::string sid = snap.snapshot().snapshot_id();
+  const std::string snap_image = "csi-snap-" + sid.substr(sid.size() - 36);
+  const std::string orphan = "csi-vol-00000000-0000-5000-8000-0000000000ab";
+  make_clone(snap_image, "csi-snap", orphan);  // step 1 of CreateVolume from the snapshot
+  images.insert(orphan);                        // the harness removes it at the end
+  grpc::Status s = delete_snapshot(sid);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_FALSE(image_exists(snap_image));
+  {
+    auto c = connect();
+    auto io = c.open_ioctx("rbd");
+    auto img = rbd::Image::open(io, orphan, {}, rbd::Image::Mode::read_only);
+    std::string got(27, '\0');
+    img.read(0, got.data(), got.size());
+    EXPECT_EQ(got, "written before the snapshot");
+  }
+  s = del(src.volume().volume_id());
+  EXPECT_TRUE(s.ok()) << s.error_message();
+}
+
 }  // namespace
