@@ -8,6 +8,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -326,6 +327,8 @@ std::string tls_identity(SSL* ssl) {
 }
 
 // ---- backends: one nbdkit per export -----------------------------------
+rlimit g_nofile{RLIM_INFINITY, RLIM_INFINITY};  // the limits rbdgw serve was started with
+
 class Backend {
  public:
   Backend(const Export& e, const Config& c, const Tools& t, std::string socket)
@@ -457,6 +460,7 @@ class Backend {
       sigset_t none;
       sigemptyset(&none);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      if (g_nofile.rlim_cur != RLIM_INFINITY) ::setrlimit(RLIMIT_NOFILE, &g_nofile);
       ::execvp(cargv[0], cargv.data());
       ::_exit(127);
     }
@@ -1049,6 +1053,17 @@ void run(const Config& config, const Tools& tools) {
   sigaddset(&stop, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
+  // Every connection costs a descriptor (two once relayed): with the usual
+  // soft limit of 1024 (systemd's default too) a thousand idle or slow
+  // clients made accept() fail with EMFILE and good clients wait until the
+  // negotiation timeouts free some. Raise the soft limit to the hard one (the
+  // backends get the original back).
+  if (::getrlimit(RLIMIT_NOFILE, &g_nofile) == 0 && g_nofile.rlim_cur < g_nofile.rlim_max) {
+    rlimit raised = g_nofile;
+    raised.rlim_cur = raised.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) != 0)
+      log::warn("cannot raise the open files limit to ", raised.rlim_max, ": ", std::strerror(errno));
+  }
 
   for (const Export& e : config.exports)
     if (e.encryption == Encryption::decrypted) {

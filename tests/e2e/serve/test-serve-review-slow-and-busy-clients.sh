@@ -7,6 +7,9 @@
 #   another thread, as libnbd, qemu and the kernel do) gets every reply: the
 #   relay must not stop reading the backend's replies while it is blocked
 #   writing the client's requests to it.
+# - a thousand idle connections (under the usual soft limit of 1024 open
+#   files, systemd's default) do not lock a good client out until their
+#   negotiation timeouts run out.
 # Plain NBD (insecure_plain) so that hand-made clients can speak it; the
 # front's relay and deadline are the same code with TLS.
 source "$RBDGW_SOURCE_DIR/tests/lib/functions.sh"
@@ -51,5 +54,45 @@ assert all(d[i:i + len(p)] == p for i in range(0, len(d), len(p))), "mismatch"
 PY
 pass "64 MiB of reads and 64 MiB of writes in flight at once: $r, data read back"
 
+stop_serve "$SERVE_PID"
+assert_serve_clean
+
+# 3. 1100 idle connections, soft limit 1024 open files, negotiation_timeout 30:
+#    a good client still gets in at once.
+requires which prlimit
+hard=$(ulimit -Hn)
+[ "$hard" = unlimited ] || [ "$hard" -gt 4096 ] || { echo "SKIP: hard open-files limit $hard"; exit 77; }
+sed -i 's/"negotiation_timeout": 3/"negotiation_timeout": 30/' "$TEST_TMP/serve.json"
+RBDGW_CLI_REAL=$RBDGW_CLI
+printf '#!/bin/sh\nexec prlimit --nofile=1024:%s %s "$@"\n' "$hard" "$RBDGW_CLI_REAL" >"$TEST_TMP/rbdgw-1024"
+chmod +x "$TEST_TMP/rbdgw-1024"
+RBDGW_CLI=$TEST_TMP/rbdgw-1024
+start_serve "$TEST_TMP/serve.json"
+RBDGW_CLI=$RBDGW_CLI_REAL
+P=$SERVE_PORT
+mkfifo "$TEST_TMP/idle-ready"
+python3 - "$P" >"$TEST_TMP/idle-ready" <<'PY' &
+import socket, sys, time
+ss = []
+for _ in range(1100):
+    try:
+        ss.append(socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.5))
+    except OSError:
+        pass
+print(len(ss), flush=True)
+time.sleep(40)
+PY
+idler=$!
+cleanup_fn "kill $idler 2>/dev/null"
+read -r held <"$TEST_TMP/idle-ready"
+[ "${held:-0}" -ge 1000 ] || fail "could open only ${held:-0} of 1100 idle connections"
+sleep 1
+t0=$(date +%s%N)
+s=$(timeout 25 nbdinfo --size "nbd://127.0.0.1:$P/vol") || fail "with 1100 idle connections open, a good client was not served within 25 s"
+ms=$((($(date +%s%N) - t0) / 1000000))
+[ "$ms" -lt 5000 ] || fail "with 1100 idle connections open, a good client waited ${ms} ms"
+if grep -q "Too many open files" "$TEST_TMP/serve.log"; then fail "accept ran out of descriptors"; fi
+kill "$idler" 2>/dev/null; wait "$idler" 2>/dev/null || true
+pass "1100 idle connections (soft limit 1024 open files): a good client served in ${ms} ms"
 stop_serve "$SERVE_PID"
 assert_serve_clean
