@@ -139,6 +139,12 @@ std::string refusal(std::string_view key, std::string_view value, bool has_value
     return "names a device of the host outside the volume";
   if ((key == "norecovery" || key == "noload") && !read_only)
     return "skips the journal replay; allowed only on a read-only mount";
+  // The node does not trust what a volume holds: damage written into the
+  // image (by a bug, or by whoever else can write it) must cost that mount,
+  // never the node's kernel.
+  if (key == "errors" && value == "panic")
+    return "panics the node's kernel on a filesystem error in the volume; use errors=remount-ro";
+  if (key == "abort") return "a debugging option that aborts the journal, as if on an error (abort)";
   return {};
 }
 

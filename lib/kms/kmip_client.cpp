@@ -377,6 +377,8 @@ KmipClient::KmipClient(KmipSettings s)
   ctx_.reset(SSL_CTX_new(TLS_client_method()));
   if (!ctx_) throw Error(ENOMEM, cat(s_.what, ": SSL_CTX_new: ", ssl_errors()));
   SSL_CTX_set_min_proto_version(ctx_.get(), TLS1_2_VERSION);
+  // Decrypt replies carry the DEK: OpenSSL wipes its record buffers.
+  SSL_CTX_set_options(ctx_.get(), SSL_OP_CLEANSE_PLAINTEXT);
   SSL_CTX_set_verify(ctx_.get(), SSL_VERIFY_PEER, nullptr);
   SSL_CTX_set_mode(ctx_.get(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 

@@ -79,10 +79,15 @@ class Rotation {
   void change_header(luks::Header& h, F change) {
     const auto before = h.bytes();
     change(h);
+    // write_back's order (new keyslot material, then the headers, then the
+    // areas no longer used) is only crash-safe if it is also the order in
+    // which the writes reach RADOS: a flush after each, since the pieces may
+    // lie in different objects and librbd's cache may write them back in
+    // any order.
     h.write_back(before, [&](std::span<const std::uint8_t> buf, std::uint64_t off) {
       img_.write(off, buf.data(), buf.size());
+      img_.flush();
     });
-    img_.flush();
     result_.header_changed = true;
   }
   void refuse_if_in_use();

@@ -79,6 +79,11 @@ TEST(MountOptions, OptionsThatBreakTheGuaranteesAreRefusedSayingWhy) {
   EXPECT_EQ(parse_mount_options("norecovery,ro", "xfs").data, "norecovery");
   EXPECT_EQ(parse_mount_options("noload", "ext4", true).data, "noload");
   EXPECT_EQ(parse_mount_options("data=writeback", "ext4").data, "data=writeback");
+  // A volume's contents are not trusted by the node: corruption written into
+  // the image must not take the node's kernel down.
+  EXPECT_NE(refusal("errors=panic", "ext4").find("panic"), std::string::npos);
+  EXPECT_NE(refusal("abort", "ext4").find("abort"), std::string::npos);
+  EXPECT_EQ(parse_mount_options("errors=remount-ro", "ext4").data, "errors=remount-ro");
 }
 
 // The kernel reads ext4's barrier=N with kstrtouint(base 0): "00", "0x0"
