@@ -101,6 +101,26 @@ std::string ssl_errors() {
   return out.empty() ? "no detail" : out;
 }
 
+// A client-chosen string (export name, PSK identity) as it may appear in a
+// log line: control and non-ASCII bytes as \xNN, at most 256 bytes shown, so
+// that a client cannot forge log lines or flood the log.
+std::string printable(const std::string& s) {
+  std::string out;
+  static const char* hex = "0123456789abcdef";
+  for (std::size_t i = 0; i < s.size() && i < 256; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c >= 0x7f || c == '\\') {
+      out += "\\x";
+      out.push_back(hex[c >> 4]);
+      out.push_back(hex[c & 15]);
+    } else {
+      out.push_back(char(c));
+    }
+  }
+  if (s.size() > 256) out += cat("...(", s.size(), " bytes)");
+  return out;
+}
+
 struct ConnectionClosed : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -250,7 +270,7 @@ unsigned int psk_server_cb(SSL* ssl, const char* identity, unsigned char* psk, u
   if (!keys || !identity) return 0;
   auto it = keys->keys.find(identity);
   if (it == keys->keys.end()) {
-    log::warn("TLS: unknown PSK identity '", identity, "'");
+    log::warn("TLS: unknown PSK identity '", printable(identity), "'");
     return 0;
   }
   if (it->second.size() > max_len) return 0;
@@ -721,7 +741,7 @@ class Session {
       case kOptExportName: {
         const Backend* b = granted(data);
         if (!b) {
-          log::warn(who(), ": export '", data, "' refused: not granted (NBD_OPT_EXPORT_NAME)");
+          log::warn(who(), ": export '", printable(data), "' refused: not granted (NBD_OPT_EXPORT_NAME)");
           throw ConnectionClosed("export not granted");
         }
         if (!attach_backend(data, opt)) throw ConnectionClosed("backend unavailable");
@@ -747,7 +767,7 @@ class Session {
   const Backend* granted(const std::string& name) {
     const auto it = backends_.find(name);
     if (it == backends_.end() || !it->second->exp().allows(identity_)) {
-      log::warn(who(), ": export '", name, "' refused: ",
+      log::warn(who(), ": export '", printable(name), "' refused: ",
                 it == backends_.end() ? "no such export" : "not granted to this identity");
       return nullptr;
     }

@@ -10,6 +10,9 @@
 #       of a pattern) while another thread reads the replies, as a client
 #       with requests in flight both ways does; prints "done N replies" or
 #       "stuck after N of M replies" (nothing for 30 s).
+#   review_client.py goname HOST PORT NAME
+#       NBD_OPT_GO with NAME (Python escapes such as \\n are decoded); prints
+#       "refused" or "opened".
 import socket, struct, sys, threading, time
 
 MAGIC = 0x4e42444d41474943
@@ -52,7 +55,8 @@ def go(host, port, name):
     s.settimeout(30)
     recv_exact(s, 18)
     s.sendall(struct.pack(">I", 3))
-    data = struct.pack(">I", len(name)) + name.encode() + struct.pack(">H", 0)
+    nb = name.encode("latin-1")
+    data = struct.pack(">I", len(nb)) + nb + struct.pack(">H", 0)
     s.sendall(struct.pack(">QII", IHAVEOPT, 7, len(data)) + data)
     size = None
     while True:
@@ -119,5 +123,11 @@ def mixed(host, port, name, count, mib):
 if __name__ == "__main__":
     if sys.argv[1] == "drip":
         drip(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+    elif sys.argv[1] == "goname":
+        try:
+            go(sys.argv[2], sys.argv[3], sys.argv[4].encode().decode("unicode_escape"))
+            print("opened")
+        except SystemExit:
+            print("refused")
     elif sys.argv[1] == "mixed":
         mixed(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))

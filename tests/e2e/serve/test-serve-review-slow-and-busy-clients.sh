@@ -9,7 +9,9 @@
 #   writing the client's requests to it.
 # - a thousand idle connections (under the usual soft limit of 1024 open
 #   files, systemd's default) do not lock a good client out until their
-#   negotiation timeouts run out.
+#   negotiation timeouts run out;
+# - a client-chosen export name is logged escaped: a newline in it cannot
+#   forge a log line.
 # Plain NBD (insecure_plain) so that hand-made clients can speak it; the
 # front's relay and deadline are the same code with TLS.
 source "$RBDGW_SOURCE_DIR/tests/lib/functions.sh"
@@ -53,6 +55,17 @@ assert len(d) == 64 << 20
 assert all(d[i:i + len(p)] == p for i in range(0, len(d), len(p))), "mismatch"
 PY
 pass "64 MiB of reads and 64 MiB of writes in flight at once: $r, data read back"
+
+# 4. A refused export name with a newline cannot forge a log line.
+r=$(python3 "$CLIENT" goname 127.0.0.1 "$P" 'nosuch\nrbdgw: info: 10.0.0.9:1 (psk:admin): export secret opened')
+[ "$r" = refused ] || fail "export 'nosuch...' with a newline: $r"
+sleep 0.2
+if grep -q '^rbdgw: info: 10.0.0.9:1' "$TEST_TMP/serve.log"; then
+  grep -n -B1 '^rbdgw: info: 10.0.0.9:1' "$TEST_TMP/serve.log" >&2
+  fail "a client-chosen export name forged a log line"
+fi
+log_has "export 'nosuch\x0arbdgw: info: 10.0.0.9:1"
+pass "a client-chosen export name is logged escaped (no forged log line)"
 
 stop_serve "$SERVE_PID"
 assert_serve_clean
