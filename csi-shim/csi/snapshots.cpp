@@ -217,6 +217,15 @@ SnapshotInfo Snapshots::create(const std::string& name, const std::string& sourc
   VolumeLocation loc = controller_.locate(*src_id, secrets);
   auto src = open_if_exists(loc.io, loc.image);
   if (!src) throw Error(ENOENT, cat("source volume '", source_volume_id, "' (image ", loc.io.str(), "/", loc.image, ") does not exist"));
+  // The snapshot gets the key re-wrapped under its own ID by the source's
+  // KMS; an encrypted image that does not name its KMS (ceph-csi keeps the
+  // KMS ID in its own journal, not in the image) would give a snapshot
+  // whose restores cannot open. Refused before anything is made.
+  if (!src->get_meta(kMetaKmsId) && kms::get_state(*src) != kms::EncryptionState::none)
+    throw Error(EOPNOTSUPP, cat("source volume '", source_volume_id, "' (image ", src->spec(),
+                                ") is encrypted but its image names no KMS (metadata '", kMetaKmsId,
+                                "', i.e. encryptionKMSID; a volume made by ceph-csi?): its key cannot be "
+                                "re-wrapped for a snapshot; nothing was created"));
 
   const VolumeId id{src_id->cluster_id, src_id->pool_id, uuid_from_name(name)};
   const std::string image_name = snapshot_image_name(id);
@@ -455,7 +464,9 @@ CreatedVolume Snapshots::create_volume(const std::string& name, const VolumePara
   image->remove_meta(kMetaSnapName);
   image->remove_meta(kMetaSnapSource);
   if (params.encrypted) {
-    const std::string src_kms = src->get_meta(kMetaKmsId).value_or("");
+    // A source that names no KMS (made by ceph-csi, whose journal keeps it)
+    // was made by the same StorageClass as its clone, as a rule.
+    const std::string src_kms = src->get_meta(kMetaKmsId).value_or(params.kms_id);
     image->set_meta(kMetaKmsId, params.kms_id);
     copy_encryption(*src, *src_id, src_kms, *image, id, params.kms_id, secrets);
   }

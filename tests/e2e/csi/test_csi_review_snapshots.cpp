@@ -297,3 +297,37 @@ TEST_F(CsiReviewSnapshots, AnAbandonedRestoreDoesNotKeepTheSnapshotForever) {
 }
 
 }  // namespace
+
+// An encrypted volume whose image records no encryptionKMSID (ceph-csi
+// keeps the KMS ID in its omap journal, not in the image): a snapshot could
+// not re-wrap its key under its own ID, and one that kept the source's
+// wrapped DEK would not open when restored. Refused before anything is
+// made, naming the volume and what is missing.
+TEST_F(CsiReviewSnapshots, EncryptedSourceWithoutAKmsIdIsRefusedAndNothingIsMade) {
+  v1::CreateVolumeResponse src;
+  ASSERT_TRUE(create(unique("rv-nokms"), params(true), 32 * MiB, &src, secrets(true)).ok());
+  {
+    auto c = connect();
+    auto io = c.open_ioctx("rbd");
+    auto img = rbd::Image::open(io, image_of(src));
+    img.remove_meta("rbdgw.csi/encryptionKMSID");
+  }
+  auto snap_images = [] {
+    auto c = connect();
+    auto io = c.open_ioctx("rbd");
+    std::set<std::string> out;
+    for (const auto& i : rbd::list_images(io))
+      if (i.rfind("csi-snap-", 0) == 0) out.insert(i);
+    return out;
+  };
+  const auto before = snap_images();
+  v1::CreateSnapshotResponse r;
+  const std::string name = unique("rv-nokms-snap");
+  grpc::Status s = create_snapshot(name, src.volume().volume_id(), &r);
+  EXPECT_CODE(s, StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(s.error_message().find("encryptionKMSID"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find(image_of(src)), std::string::npos) << s.error_message();
+  EXPECT_TRUE(snaps_of(image_of(src)).empty());
+  EXPECT_EQ(snap_images(), before);
+  EXPECT_TRUE(del(src.volume().volume_id()).ok());
+}
