@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "attach/loop.hpp"
 #include "attach/process.hpp"
 #include "common/error.hpp"
 
@@ -95,13 +96,7 @@ std::string read_only_loop(const std::string& device) {
 }
 
 bool detach_loop_if(const std::string& loop, const std::string& backing) {
-  if (loop.rfind("/dev/loop", 0) != 0) return false;
-  std::ifstream f("/sys/block/" + loop.substr(5) + "/loop/backing_file");
-  std::string b;
-  if (!std::getline(f, b) || b != backing) return false;
-  const attach::CommandResult r = attach::run_command({"losetup", "--detach", loop});
-  if (r.status != 0) throw Error(EIO, cat("losetup --detach ", loop, ": ", r.err));
-  return true;
+  return attach::detach_loop_if_backed_by(loop, backing);
 }
 
 bool device_node_mounted(const std::string& dev) {

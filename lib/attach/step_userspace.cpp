@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "attach/loop.hpp"
 #include "attach/steps.hpp"
 
 namespace fs = std::filesystem;
@@ -78,7 +79,7 @@ void loop_device_run(Context& c) {
 // since the filesystem's I/O is failing fast by then.
 void loop_device_undo(Context& c) {
   if (c.s.fuse_file.empty()) return;
-  for (const auto& loop : loops_on(c.s.fuse_file)) run_checked({"losetup", "--detach", loop});
+  for (const auto& loop : loops_on(c.s.fuse_file)) detach_loop_if_backed_by(loop, c.s.fuse_file);
   for (int i = 0; c.forced && i < 400 && !loops_on(c.s.fuse_file).empty(); ++i)
     std::this_thread::sleep_for(50ms);
   if (const auto left = loops_on(c.s.fuse_file); !left.empty())
