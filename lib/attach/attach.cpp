@@ -83,16 +83,9 @@ std::string unescape_mount_path(const std::string& s) {
 }
 }  // namespace
 
-bool is_mountpoint(const std::string& path) {
-  if (path.empty()) return false;
-  // A FUSE mount whose exporter died cannot be stat'ed (ENOTCONN): resolve
-  // its parent instead, so that such a mount is still found (and removed).
-  std::error_code ec;
-  std::string want = fs::weakly_canonical(path, ec).string();
-  if (ec || want.empty()) {
-    const fs::path p(path);
-    want = (fs::weakly_canonical(p.parent_path(), ec) / p.filename()).string();
-  }
+namespace {
+
+bool in_mountinfo(const std::string& want) {
   std::ifstream f("/proc/self/mountinfo");
   for (std::string line; std::getline(f, line);) {
     std::istringstream ls(line);
@@ -100,6 +93,22 @@ bool is_mountpoint(const std::string& path) {
     if (ls >> id >> parent >> devno >> root >> mnt && unescape_mount_path(mnt) == want) return true;
   }
   return false;
+}
+
+}  // namespace
+
+bool is_mountpoint(const std::string& path) {
+  if (path.empty()) return false;
+  // The path itself is not touched first: a stat of a FUSE mount waits for
+  // its exporter, which cannot answer while a dead gateway holds every one
+  // of its threads in a reconnect (and fails with ENOTCONN once it died).
+  // Its parent is resolved instead; only a path not found that way (its
+  // last component a symbolic link) is resolved whole.
+  std::error_code ec;
+  const fs::path p(path);
+  if (in_mountinfo((fs::weakly_canonical(p.parent_path(), ec) / p.filename()).string())) return true;
+  const std::string whole = fs::weakly_canonical(p, ec).string();
+  return !ec && !whole.empty() && in_mountinfo(whole);
 }
 
 std::string log_tail(const std::string& path) {

@@ -1,9 +1,8 @@
 // Detaching a loop device only if it is still backed by the file the caller
 // means. A device name read from sysfs (or a stash) can be freed and taken by
-// another volume's loop device before `losetup --detach NAME` opens it; the
-// check here is made on the open device itself (LOOP_GET_STATUS64: the
-// backing file's device and inode, compared with stat of the file), and the
-// detach (LOOP_CLR_FD) goes to that same open device.
+// another volume's loop device before `losetup --detach NAME` opens it; here
+// the device is opened first (while it is open nobody else can detach it),
+// its binding checked, and the detach (LOOP_CLR_FD) sent to that open device.
 #pragma once
 
 #include <string>
@@ -11,7 +10,7 @@
 namespace rbdgw::attach {
 
 // Detaches `loop` (/dev/loopN) if it is backed by `backing` (a file or a
-// device node, compared by device and inode). Returns false, touching
+// device node, by the path the kernel reports; never stat'ed). Returns false, touching
 // nothing, if `loop` is not a loop device, is not bound, or is bound to
 // something else. A device still open elsewhere (a lazily unmounted
 // filesystem) is only marked to go when let go (autoclear), as losetup -d

@@ -12,7 +12,10 @@ set -euo pipefail
 export RBDGW_SOURCE_DIR RBDGW_BUILD_DIR RBDGW_PLUGIN RBDGW_FILTER
 
 TEST_NAME=$(basename "$0" .sh)
-TEST_TMP=$(mktemp -d "/tmp/rbdgw-$TEST_NAME.XXXXXX")
+# The name is cut short: unix socket paths under it (a gateway's
+# run/<volume>/nbd.sock) must stay within 107 bytes, and long test names
+# with a long pid and $RANDOM in the image name went past that.
+TEST_TMP=$(mktemp -d "/tmp/rbdgw-${TEST_NAME:0:28}.XXXXXX")
 chmod 0700 "$TEST_TMP"
 
 _cleanup_fns=()
