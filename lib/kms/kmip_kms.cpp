@@ -9,6 +9,7 @@
 #include "common/base64.hpp"
 #include "common/error.hpp"
 #include "crypto/random.hpp"
+#include "kms/wrapped_dek.hpp"
 
 namespace rbdgw::kms {
 namespace {
@@ -22,19 +23,6 @@ Item crypto_parameters() {
                    {enumeration(tag::block_cipher_mode, block_cipher_mode_cbc),
                     enumeration(tag::padding_method, padding_pkcs5),
                     enumeration(tag::cryptographic_algorithm, algorithm_aes)});
-}
-
-// Go's encoding/json: an exact field name first, then one in any case.
-const json* find_field(const json& obj, const std::string& name) {
-  if (auto it = obj.find(name); it != obj.end()) return &*it;
-  for (auto it = obj.begin(); it != obj.end(); ++it) {
-    const std::string& k = it.key();
-    if (k.size() == name.size() &&
-        std::equal(k.begin(), k.end(), name.begin(),
-                   [](char a, char b) { return std::tolower(a) == std::tolower(b); }))
-      return &*it;
-  }
-  return nullptr;
 }
 
 class KmipKMS final : public EncryptionKMS {
@@ -58,27 +46,12 @@ class KmipKMS final : public EncryptionKMS {
     if (data.bytes.empty() || data.bytes.size() % 16)
       throw Error(EBADMSG, cat(where(volume_id), ": KMIP Encrypt returned ", data.bytes.size(),
                                " bytes, not whole AES blocks"));
-    return json{{"dek", base64::encode(data.bytes)}, {"nonce", base64::encode(nonce)}}.dump();
+    return encode_wrapped_dek(data.bytes, nonce);
   }
 
   SecretBuffer decrypt_dek(const std::string& volume_id, const std::string& wrapped) override {
     const std::string w = cat(where(volume_id), ": wrapped DEK");
-    json doc = json::parse(wrapped, nullptr, false);
-    if (doc.is_discarded() || !doc.is_object())
-      throw Error(EBADMSG, cat(w, ": not a JSON object with \"dek\" and \"nonce\""));
-    auto field = [&](const char* name) {
-      const json* f = find_field(doc, name);
-      if (!f || !f->is_string())
-        throw Error(EBADMSG, cat(w, ": field \"", name, "\" is missing or not a string"));
-      try {
-        return base64::decode(f->get_ref<const std::string&>(), base64::Alphabet::standard,
-                              cat(w, ": field \"", name, "\""));
-      } catch (const Error& e) {
-        throw Error(EBADMSG, e.what());
-      }
-    };
-    auto sealed = field("dek");
-    auto nonce = field("nonce");
+    auto [sealed, nonce] = decode_wrapped_dek(wrapped, w);
     if (nonce.size() != kmip_nonce_size)
       throw Error(EBADMSG, cat(w, ": nonce is ", nonce.size(), " bytes, not ", kmip_nonce_size));
     if (sealed.empty() || sealed.size() % 16)

@@ -11,6 +11,7 @@
 #include "crypto/aead.hpp"
 #include "crypto/kdf.hpp"
 #include "crypto/random.hpp"
+#include "kms/wrapped_dek.hpp"
 
 namespace rbdgw::kms {
 namespace {
@@ -49,19 +50,6 @@ class DefaultKMS final : public EncryptionKMS, public DEKStore {
   SecretBuffer passphrase_;
 };
 
-// Go's encoding/json matches field names exactly first, then case-insensitively.
-const json* find_field(const json& obj, const std::string& name) {
-  if (auto it = obj.find(name); it != obj.end()) return &*it;
-  for (auto it = obj.begin(); it != obj.end(); ++it) {
-    const std::string& k = it.key();
-    if (k.size() == name.size() &&
-        std::equal(k.begin(), k.end(), name.begin(),
-                   [](char a, char b) { return std::tolower(a) == std::tolower(b); }))
-      return &*it;
-  }
-  return nullptr;
-}
-
 class MetadataKMS final : public EncryptionKMS {
  public:
   MetadataKMS(std::string id, SecretBuffer passphrase)
@@ -75,28 +63,12 @@ class MetadataKMS final : public EncryptionKMS {
     std::vector<std::uint8_t> nonce(crypto::gcm_nonce_size);
     crypto::random_fill(nonce);
     auto sealed = crypto::gcm_seal(kek, nonce, plain_dek.bytes());
-    // nlohmann::json keeps keys sorted: {"dek":...,"nonce":...} as Go writes it.
-    return json{{"dek", base64::encode(sealed)}, {"nonce", base64::encode(nonce)}}.dump();
+    return encode_wrapped_dek(sealed, nonce);
   }
 
   SecretBuffer decrypt_dek(const std::string& volume_id, const std::string& wrapped) override {
     const std::string where = cat("KMS '", id_, "': volume ", volume_id, ": wrapped DEK");
-    json doc = json::parse(wrapped, nullptr, false);
-    if (doc.is_discarded() || !doc.is_object())
-      throw Error(EBADMSG, cat(where, ": not a JSON object with \"dek\" and \"nonce\""));
-    auto field = [&](const char* name) {
-      const json* f = find_field(doc, name);
-      if (!f || !f->is_string())
-        throw Error(EBADMSG, cat(where, ": field \"", name, "\" is missing or not a string"));
-      try {
-        return base64::decode(f->get_ref<const std::string&>(), base64::Alphabet::standard,
-                              cat(where, ": field \"", name, "\""));
-      } catch (const Error& e) {
-        throw Error(EBADMSG, e.what());
-      }
-    };
-    auto sealed = field("dek");
-    auto nonce = field("nonce");
+    auto [sealed, nonce] = decode_wrapped_dek(wrapped, where);
     if (nonce.size() != crypto::gcm_nonce_size)
       throw Error(EBADMSG, cat(where, ": nonce is ", nonce.size(), " bytes, not ",
                                crypto::gcm_nonce_size));
