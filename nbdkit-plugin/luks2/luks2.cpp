@@ -15,19 +15,37 @@
 // or passphrase fails that connection with a clear error; nbdkit keeps
 // running and every later connection is refused the same way.
 //
+// passphrase-store=DIR (a shared gateway: `nbdkit rbd exports-dir=...`, one
+// export per volume): the passphrase of export N is secret "passphrase" of
+// volume N in the secret store DIR (attach::load_secret, with all its
+// checks), read at the export's first open, so exports added later need no
+// restart. The unlocked volume is kept per export name (never shared between
+// exports, even with identical headers), shared by that export's
+// connections and dropped, key wiped, with its last connection; the
+// passphrase is wiped right after the unlock. A missing, refused or wrong
+// passphrase, or a name that is no volume id, fails only that connection's
+// open and is tried afresh at the next one.
+//
 // Thread model: the filter adds no restriction (the plugin's model holds).
+// PBKDF runs (libcryptsetup, which is not known to be thread-safe, and
+// argon2id's memory) are serialised; I/O on unlocked volumes is not.
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-filter.h>
 #include <openssl/crypto.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "attach/attach.hpp"
+#include "attach/secret_store.hpp"
 #include "common/error.hpp"
 #include "common/log.hpp"
 #include "crypto/secret.hpp"
@@ -47,6 +65,8 @@ using namespace rbdgw;
 constexpr std::size_t fingerprint_size = 4096;
 
 SecretBuffer passphrase;
+bool passphrase_given = false;  // passphrase= or key-file= seen
+std::string passphrase_store;   // passphrase-store=DIR; empty: one passphrase
 bool allow_discards = false;
 
 // An unlocked volume, shared by the connections whose export shows the same
@@ -61,11 +81,50 @@ struct Volume {
 std::mutex volume_mu;
 std::shared_ptr<Volume> last_volume;  // guarded by volume_mu
 
+// passphrase-store mode: the unlocked volume of each export, by name. A slot
+// lives while a connection of its export holds it (copies are taken under
+// slots_mu only, so use_count() == 1 there means only the map holds it).
+struct Slot {
+  std::mutex mu;              // one unlock at a time per export
+  std::weak_ptr<Volume> vol;  // guarded by mu; owned by the connections
+};
+std::mutex slots_mu;
+std::map<std::string, std::shared_ptr<Slot>> slots;  // guarded by slots_mu
+
+// Held around every PBKDF run (luks::unlock).
+std::mutex unlock_mu;
+
 struct Handle {
   std::string object;  // the export below, for messages
+  std::string name;    // passphrase-store mode: the export (volume id)
+  std::shared_ptr<Slot> slot;
   std::shared_ptr<Volume> vol;
   std::uint64_t size = 0;  // of the decrypted segment
 };
+
+// The export name for messages: printable ASCII, '\xNN' otherwise, at most
+// 256 bytes (a client chooses it).
+std::string printable(std::string_view name) {
+  std::string out;
+  for (unsigned char c : name.substr(0, 256)) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      char hex[5];
+      std::snprintf(hex, sizeof hex, "\\x%02x", c);
+      out += hex;
+    }
+  }
+  if (name.size() > 256) out += "...";
+  return out;
+}
+
+// Drops the map's slot of export name when nobody else holds it.
+void release_slot(const std::string& name) {
+  std::lock_guard lock(slots_mu);
+  auto it = slots.find(name);
+  if (it != slots.end() && it->second.use_count() == 1) slots.erase(it);
+}
 
 // Runs f, mapping any exception to nbdkit_error and *err (when err is
 // given: the data callbacks); returns f's result or fail.
@@ -119,6 +178,39 @@ std::uint64_t export_size(nbdkit_next* next, const std::string& object) {
   return static_cast<std::uint64_t>(size);
 }
 
+// Unlocks the header on dev with pass (one PBKDF run, serialised), wiping
+// pass right after.
+std::shared_ptr<Volume> make_volume(NextDevice& dev, const std::string& object,
+                                    std::uint64_t dev_size, std::vector<std::uint8_t> fp,
+                                    SecretBuffer& pass) {
+  const luks::Reader reader = [&](std::span<std::uint8_t> buf, std::uint64_t off) {
+    if (off >= dev_size) return std::size_t{0};
+    const std::size_t n = std::min<std::uint64_t>(buf.size(), dev_size - off);
+    dev.pread(buf.first(n), off);
+    return n;
+  };
+  std::unique_lock ulock(unlock_mu);
+  luks::Unlocked u = [&] {
+    if (passphrase_store.empty()) return luks::unlock(reader, object, pass);
+    try {
+      auto r = luks::unlock(reader, object, pass);
+      pass.clear();
+      return r;
+    } catch (...) {
+      pass.clear();
+      throw;
+    }
+  }();
+  ulock.unlock();
+  const luks::Segment& s = u.segment;
+  auto cipher = crypto::XtsSectorCipher::create(u.volume_key, s.sector_size, s.iv_tweak);
+  auto vol = std::make_shared<Volume>(std::move(fp), s, std::move(cipher));
+  nbdkit_debug("luks2: %s: unlocked with keyslot %d: %s, %u-bit key, %u-byte sectors, "
+               "data at %llu", object.c_str(), u.keyslot, s.cipher.c_str(), s.key_bits,
+               s.sector_size, static_cast<unsigned long long>(s.offset));
+  return vol;
+}
+
 // Unlocks the header on the export below (or reuses the volume unlocked
 // for an identical header).
 std::shared_ptr<Volume> unlock_volume(nbdkit_next* next, const std::string& object,
@@ -129,21 +221,58 @@ std::shared_ptr<Volume> unlock_volume(nbdkit_next* next, const std::string& obje
 
   std::lock_guard lock(volume_mu);
   if (last_volume && last_volume->fingerprint == fp) return last_volume;
-
-  const luks::Reader reader = [&](std::span<std::uint8_t> buf, std::uint64_t off) {
-    if (off >= dev_size) return std::size_t{0};
-    const std::size_t n = std::min<std::uint64_t>(buf.size(), dev_size - off);
-    dev.pread(buf.first(n), off);
-    return n;
-  };
-  luks::Unlocked u = luks::unlock(reader, object, passphrase);
-  const luks::Segment& s = u.segment;
-  auto cipher = crypto::XtsSectorCipher::create(u.volume_key, s.sector_size, s.iv_tweak);
-  auto vol = std::make_shared<Volume>(std::move(fp), s, std::move(cipher));
-  nbdkit_debug("luks2: %s: unlocked with keyslot %d: %s, %u-bit key, %u-byte sectors, "
-               "data at %llu", object.c_str(), u.keyslot, s.cipher.c_str(), s.key_bits,
-               s.sector_size, static_cast<unsigned long long>(s.offset));
+  auto vol = make_volume(dev, object, dev_size, std::move(fp), passphrase);
   last_volume = vol;
+  return vol;
+}
+
+// passphrase-store mode: the volume of export h.name, unlocked with its
+// passphrase from the store at the first connection (or when the header
+// changed), reused by the export's later connections while one holds it.
+std::shared_ptr<Volume> unlock_export_locked(NextDevice& dev, Handle& h, std::uint64_t dev_size);
+
+std::shared_ptr<Volume> unlock_export(nbdkit_next* next, Handle& h, std::uint64_t dev_size) {
+  NextDevice dev(next, h.object);
+  try {
+    return unlock_export_locked(dev, h, dev_size);
+  } catch (...) {
+    // A failed open holds nothing: the next connection tries afresh.
+    if (h.slot) {
+      h.slot.reset();
+      release_slot(h.name);
+    }
+    throw;
+  }
+}
+
+std::shared_ptr<Volume> unlock_export_locked(NextDevice& dev, Handle& h, std::uint64_t dev_size) {
+  std::vector<std::uint8_t> fp(std::min<std::uint64_t>(fingerprint_size, dev_size));
+  dev.pread(fp, 0);
+
+  {
+    std::lock_guard lock(slots_mu);
+    auto& slot = slots[h.name];
+    if (!slot) slot = std::make_shared<Slot>();
+    h.slot = slot;
+  }
+  std::lock_guard lock(h.slot->mu);
+  if (auto v = h.slot->vol.lock(); v && v->fingerprint == fp) return v;
+
+  std::optional<SecretBuffer> pw;
+  try {
+    pw = attach::load_secret(h.name, "passphrase", passphrase_store);
+  } catch (...) {
+    const ErrorReport e = current_error();
+    throw Error(e.code, cat(h.object, ": ", e.message));
+  }
+  if (!pw)
+    throw Error(ENOENT, cat(h.object, ": no passphrase in the secret store ", passphrase_store,
+                            " (no secret 'passphrase' of volume ", h.name, ")"));
+  if (pw->empty())
+    throw Error(EINVAL, cat(h.object, ": the passphrase in the secret store ", passphrase_store,
+                            " is empty"));
+  auto vol = make_volume(dev, h.object, dev_size, std::move(fp), *pw);
+  h.slot->vol = vol;
   return vol;
 }
 
@@ -171,6 +300,10 @@ void luks2_load() {
 }
 
 void luks2_unload() {
+  {
+    std::lock_guard lock(slots_mu);
+    slots.clear();
+  }
   std::lock_guard lock(volume_mu);
   last_volume.reset();
   passphrase.clear();
@@ -179,6 +312,7 @@ void luks2_unload() {
 int luks2_config(nbdkit_next_config* next, nbdkit_backend* nxdata, const char* key,
                  const char* value) {
   if (std::strcmp(key, "passphrase") == 0) {
+    passphrase_given = true;
     // +FILE or -FD: every byte to the end, as cryptsetup --key-file reads
     // it (nbdkit_read_password would keep one line only); - : typed at a
     // terminal (one line); never the secret itself in argv.
@@ -199,6 +333,7 @@ int luks2_config(nbdkit_next_config* next, nbdkit_backend* nxdata, const char* k
     return 0;
   }
   if (std::strcmp(key, "key-file") == 0) {
+    passphrase_given = true;
     try {
       passphrase = read_secret_file(value);
       return 0;
@@ -206,6 +341,14 @@ int luks2_config(nbdkit_next_config* next, nbdkit_backend* nxdata, const char* k
       nbdkit_error("luks2: key-file: %s", current_error().message.c_str());
       return -1;
     }
+  }
+  if (std::strcmp(key, "passphrase-store") == 0) {
+    if (value[0] != '/') {
+      nbdkit_error("luks2: passphrase-store=%s: not an absolute path", value);
+      return -1;
+    }
+    passphrase_store = value;
+    return 0;
   }
   if (std::strcmp(key, "allow-discards") == 0) {
     const int b = nbdkit_parse_bool(value);
@@ -217,8 +360,15 @@ int luks2_config(nbdkit_next_config* next, nbdkit_backend* nxdata, const char* k
 }
 
 int luks2_config_complete(nbdkit_next_config_complete* next, nbdkit_backend* nxdata) {
-  if (passphrase.empty()) {
-    nbdkit_error("luks2: a non-empty passphrase=+FILE (or -FD) or key-file=FILE is required");
+  if (!passphrase_store.empty()) {
+    if (passphrase_given) {
+      nbdkit_error("luks2: passphrase-store= and passphrase= or key-file= are exclusive: "
+                   "give one passphrase for every export, or one per export in the store");
+      return -1;
+    }
+  } else if (passphrase.empty()) {
+    nbdkit_error("luks2: a non-empty passphrase=+FILE (or -FD), key-file=FILE or "
+                 "passphrase-store=DIR is required");
     return -1;
   }
   if (luks2_debug_verbose) log::set_level(log::Level::debug);
@@ -227,15 +377,34 @@ int luks2_config_complete(nbdkit_next_config_complete* next, nbdkit_backend* nxd
 
 void* luks2_open(nbdkit_next_open* next, nbdkit_context* ctx, int readonly,
                  const char* exportname, int is_tls) {
+  if (!passphrase_store.empty()) {
+    // The name becomes a store file name: refused before anything uses it.
+    try {
+      attach::validate_volume_id(exportname);
+    } catch (...) {
+      nbdkit_error("luks2: export '%s': not a valid volume id (1 to 128 of A-Z a-z 0-9 . _ -, "
+                   "not . or ..): no passphrase can be looked up for it",
+                   printable(exportname).c_str());
+      return nullptr;
+    }
+  }
   if (next(ctx, readonly, exportname) == -1) return nullptr;
   return guard(static_cast<void*>(nullptr), nullptr, [&]() -> void* {
     auto h = std::make_unique<Handle>();
     h->object = *exportname ? cat("export '", exportname, "'") : "the export below";
+    if (!passphrase_store.empty()) h->name = exportname;
     return h.release();
   });
 }
 
-void luks2_close(void* handle) { delete static_cast<Handle*>(handle); }
+void luks2_close(void* handle) {
+  std::unique_ptr<Handle> h(static_cast<Handle*>(handle));
+  if (!h->slot) return;
+  // The last connection of the export drops its volume (and key), then the slot.
+  h->vol.reset();
+  h->slot.reset();
+  release_slot(h->name);
+}
 
 int luks2_prepare(nbdkit_next* next, void* handle, int readonly) {
   auto* h = static_cast<Handle*>(handle);
@@ -246,7 +415,8 @@ int luks2_prepare(nbdkit_next* next, void* handle, int readonly) {
     if (dev_size < fingerprint_size)
       throw Error(EINVAL, cat(h->object, ": ", dev_size, " bytes is too small for a LUKS2 volume "
                               "(its binary header alone is ", fingerprint_size, " bytes)"));
-    auto vol = unlock_volume(next, h->object, dev_size);
+    auto vol = passphrase_store.empty() ? unlock_volume(next, h->object, dev_size)
+                                        : unlock_export(next, *h, dev_size);
     h->size = segment_size(vol->segment, dev_size, h->object);
     h->vol = std::move(vol);
   });
@@ -346,6 +516,8 @@ nbdkit_filter filter = {
         "passphrase=<PASSWORD>     The passphrase: +FILE or -FD (every byte, as cryptsetup\n"
         "                          --key-file reads it), or - (typed, one line).\n"
         "key-file=<FILE>           Or: the whole file is the passphrase (cryptsetup --key-file).\n"
+        "passphrase-store=<DIR>    Or: export N's passphrase is volume N's secret\n"
+        "                          'passphrase' in the rbdgw secret store DIR.\n"
         "allow-discards=<BOOL>     Pass trim down (default false, as dm-crypt).",
     .open = luks2_open,
     .close = luks2_close,
