@@ -43,8 +43,8 @@
 // `fallocate -p` on the device fails with EOPNOTSUPP (seen on Linux 6.18).
 //
 // SIGUSR1 re-reads the export size (after the image grew) on a new
-// connection, without a restart: pooled connections made before are
-// replaced as they are next used (the server checks requests against the
+// connection, without a restart: connections made before are replaced as
+// they are next used (the server checks requests against the
 // size of their connection), and the new size is written (atomically, as
 // decimal text) to the --size-file, telling the sender that the file shows
 // it (after at most the 1 s attribute timeout).
@@ -52,8 +52,15 @@
 // Runs in the foreground; SIGTERM/SIGINT unmount and exit. Messages go to
 // stderr (the caller's log file).
 //
-// Thread safety: FUSE calls come from several threads; each borrows one
-// connection of the pool for the duration of one NBD request.
+// Requests in flight: FUSE calls come from several threads (--threads);
+// each queues its NBD request on one of few connections (--connections,
+// default 1; more only if the server allows multi-conn) with libnbd's aio
+// API and waits for the reply, so one connection carries many requests at
+// once (and the gateway, which runs its worker threads per connection,
+// needs few threads). Each connection has one I/O thread driving its
+// socket. When a connection breaks, every request in flight on it fails
+// together and each is retried as above; the first of them to get there
+// reconnects, the others use its new connection.
 #define FUSE_USE_VERSION 312
 #include <fuse.h>
 #include <libnbd.h>
@@ -67,7 +74,9 @@
 #include <cstring>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -91,11 +100,11 @@ struct Options {
   // discards and the kernel writes zeros itself: for an encrypted export,
   // where zeroing a discarded range would write encrypted zeros over it.
   bool no_punch_hole = false;
-  // One connection per FUSE thread: each request blocks its thread on one
-  // NBD request on a borrowed connection, so the fewer of the two is the
-  // number of requests in flight at the gateway (4 connections capped a
-  // loop device with 32 in flight at 4; issue 12).
-  int connections = 16;
+  // NBD connections, each carrying many requests at once (aio): the
+  // number of FUSE threads, not of connections, caps the requests in
+  // flight at the gateway (before aio, one request per connection: 4
+  // connections capped a loop device with 32 in flight at 4; issue 12).
+  int connections = 1;
   int reconnect_timeout = 300;
   // FUSE request threads (libfuse's multithreaded loop; all kept alive),
   // the kernel's cap on async (background) requests in flight (the loop
@@ -124,57 +133,11 @@ std::condition_variable gone_cv;
 // and then fails with EIO.
 std::atomic<bool> gave_up{false};
 
-// The socket of every open connection, so that SIGUSR2 can shut them down
-// under requests blocked on them. A handle leaves before it is closed.
-std::mutex sockets_m;
-std::vector<std::pair<nbd_handle*, int>> sockets;
-
-void close_connection(nbd_handle* h) {
-  if (!h) return;
-  {
-    std::lock_guard lk(sockets_m);
-    std::erase_if(sockets, [&](const auto& e) { return e.first == h; });
-  }
-  nbd_close(h);
-}
-
 // Sleeps for d, or less when SIGUSR2 arrives.
 void sleep_unless_gone(std::chrono::milliseconds d) {
   std::unique_lock lk(gone_m);
   gone_cv.wait_for(lk, d, [] { return gateway_gone.load(); });
 }
-
-// A pool of connections; a slot holds nullptr until (re)connected.
-class Pool {
- public:
-  // n slots: `first` and n - 1 that connect on first use.
-  Pool(int n, nbd_handle* first) : free_(static_cast<std::size_t>(n - 1), nullptr) {
-    free_.push_back(first);
-  }
-  ~Pool() {
-    for (nbd_handle* h : free_) close_connection(h);
-  }
-  nbd_handle* borrow() {
-    std::unique_lock lk(m_);
-    cv_.wait(lk, [&] { return !free_.empty(); });
-    nbd_handle* h = free_.back();
-    free_.pop_back();
-    return h;
-  }
-  void give_back(nbd_handle* h) {
-    {
-      std::lock_guard lk(m_);
-      free_.push_back(h);
-    }
-    cv_.notify_one();
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  std::vector<nbd_handle*> free_;
-};
-Pool* pool;
 
 // A new connection, or nullptr (with the reason in *why).
 nbd_handle* connect_once(std::string* why) {
@@ -203,66 +166,217 @@ nbd_handle* connect_once(std::string* why) {
   if (old != 0 && old != size) say("export size changed from " + std::to_string(old) + " to " + std::to_string(size));
   can_flush = nbd_can_flush(h) == 1;
   can_zero = nbd_can_zero(h) == 1;
-  if (int fd = nbd_aio_get_fd(h); fd >= 0) {
-    std::lock_guard lk(sockets_m);
-    sockets.emplace_back(h, fd);
-  }
   return h;
 }
 
-// Runs op(h) (an NBD call returning -1 on failure) on a pooled connection,
-// reconnecting and retrying while the connection is what failed, until the
-// reconnect timeout; after an earlier request gave up, one connect attempt
-// only; after SIGUSR2, none. Returns 0 or -errno.
-template <typename Op>
-int with_connection(Op op) {
+// One NBD request waiting for its reply. Shared between the request's
+// thread and libnbd's completion closure (whose free drops libnbd's
+// reference), so that neither outlives the other's use of it.
+struct Waiter {
+  std::mutex m;
+  std::condition_variable cv;
+  bool done = false;
+  int err = 0;
+};
+
+int on_complete(void* user_data, int* error) {
+  auto& w = **static_cast<std::shared_ptr<Waiter>*>(user_data);
+  std::lock_guard lk(w.m);
+  w.done = true;
+  w.err = *error;
+  w.cv.notify_one();
+  return 1;  // retire the command
+}
+
+void free_waiter(void* user_data) { delete static_cast<std::shared_ptr<Waiter>*>(user_data); }
+
+class Conn;
+// Every live connection, for SIGUSR2.
+std::mutex conns_m;
+std::vector<Conn*> conns;
+
+// One NBD connection that carries many requests at once (libnbd's aio
+// API): request threads queue commands on it, its own I/O thread drives
+// the socket (poll on the handle's fd as nbd_aio_get_direction asks, plus
+// an eventfd by which a request thread wakes it when a queued command
+// waits for the socket to take it) and libnbd's completion callbacks wake
+// the requests. Lives while a request uses it (shared_ptr): a replaced
+// connection (broken, or made before a size refresh) is closed when its
+// last request is done.
+class Conn {
+ public:
+  explicit Conn(nbd_handle* h) : h_(h), size_(nbd_get_size(h)), fd_(nbd_aio_get_fd(h)) {
+    efd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    io_ = std::thread([this] { run(); });
+    std::lock_guard lk(conns_m);
+    conns.push_back(this);
+  }
+  ~Conn() {
+    {
+      std::lock_guard lk(conns_m);
+      std::erase(conns, this);
+    }
+    stop_ = true;
+    wake();
+    io_.join();
+    nbd_close(h_);
+    ::close(efd_);
+  }
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+
+  std::int64_t size() const { return size_; }
+  bool broken() { return nbd_aio_is_dead(h_) == 1 || nbd_aio_is_closed(h_) == 1; }
+  void wake() {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] ssize_t r = ::write(efd_, &one, sizeof one);
+  }
+
+  // Runs submit(h, closure) (an nbd_aio_* call) and waits for its reply.
+  // Returns 0, the server's error as -errno (the connection still good),
+  // or 1: the connection broke (or was shut down by SIGUSR2) under it.
+  template <typename Submit>
+  int run_request(Submit submit, std::string* why) {
+    auto w = std::make_shared<Waiter>();
+    nbd_completion_callback cb{.callback = on_complete, .user_data = new std::shared_ptr<Waiter>(w),
+                               .free = free_waiter};
+    int64_t cookie;
+    {
+      std::lock_guard lk(m_);  // against the shutdown of SIGUSR2 (see shut_down)
+      cookie = submit(h_, cb);
+    }
+    if (cookie == -1) {
+      why->assign(nbd_get_error() ? nbd_get_error() : "request failed");
+      // A command not issued is not completed either (libnbd frees the
+      // closure); a handle that cannot take commands is a broken one.
+      const int err = nbd_get_errno();
+      if (!broken() && !gateway_gone) return -(err ? err : EIO);
+      return 1;
+    }
+    // The command may wait for the socket: let the I/O thread poll for it.
+    if (nbd_aio_get_direction(h_) & LIBNBD_AIO_DIRECTION_WRITE) wake();
+    std::unique_lock lk(w->m);
+    w->cv.wait(lk, [&] { return w->done; });
+    if (w->err == 0) return 0;
+    why->assign(std::strerror(w->err));
+    // libnbd completes the commands of a handle that died with ENOTCONN,
+    // possibly before the handle reads as dead.
+    if (w->err != ENOTCONN && !broken() && !gateway_gone) return -w->err;
+    return 1;
+  }
+
+ private:
+  // SIGUSR2: shut the socket down (under the request threads' commands,
+  // also when the server hangs rather than died); the next read fails, the
+  // handle dies and libnbd completes every command in flight with an error.
+  void shut_down() {
+    std::lock_guard lk(m_);
+    if (!shut_ && !broken() && fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+    shut_ = true;
+  }
+
+  void run() {
+    while (!stop_) {
+      if (gateway_gone && !shut_) shut_down();
+      pollfd fds[2] = {{efd_, POLLIN, 0}, {fd_, 0, 0}};
+      nfds_t n = 1;
+      unsigned dir = 0;
+      if (!broken()) {  // a dead handle's socket is closed: wait for stop_
+        dir = nbd_aio_get_direction(h_);
+        if (dir & LIBNBD_AIO_DIRECTION_READ) fds[1].events |= POLLIN;
+        if (dir & LIBNBD_AIO_DIRECTION_WRITE) fds[1].events |= POLLOUT;
+        n = 2;
+      }
+      if (::poll(fds, n, -1) < 0) continue;
+      if (fds[0].revents & POLLIN) {
+        std::uint64_t v;
+        [[maybe_unused]] ssize_t r = ::read(efd_, &v, sizeof v);
+      }
+      if (n < 2) continue;
+      // Errors end in a dead handle (its commands completed with an error).
+      if ((dir & LIBNBD_AIO_DIRECTION_READ) && (fds[1].revents & (POLLIN | POLLHUP | POLLERR)))
+        nbd_aio_notify_read(h_);
+      else if ((dir & LIBNBD_AIO_DIRECTION_WRITE) && (fds[1].revents & (POLLOUT | POLLHUP | POLLERR)))
+        nbd_aio_notify_write(h_);
+    }
+  }
+
+  nbd_handle* h_;
+  const std::int64_t size_;
+  const int fd_;
+  int efd_;
+  std::mutex m_;
+  bool shut_ = false;
+  std::atomic<bool> stop_{false};
+  std::thread io_;
+};
+
+// The connections: a slot holds nullptr until (re)connected. A request
+// takes the next slot in turn; the first request to find its connection
+// broken (or older than a size refresh) replaces it, holding the slot's
+// lock, so the requests that fail with it together reconnect once.
+struct Slot {
+  std::mutex m;
+  std::shared_ptr<Conn> conn;
+};
+std::vector<Slot>* slots;
+std::atomic<unsigned> next_slot{0};
+
+std::shared_ptr<Conn> current(Slot& s) {
+  std::lock_guard lk(s.m);
+  return s.conn;
+}
+
+// Replaces `seen` (what the request used: broken, stale, or nullptr) with
+// a new connection, unless another request already did; *attempted tells
+// whether this request made a connect attempt.
+std::shared_ptr<Conn> replace(Slot& s, const std::shared_ptr<Conn>& seen, bool* attempted,
+                              std::string* why) {
+  std::lock_guard lk(s.m);
+  if (s.conn && s.conn != seen && !s.conn->broken() && s.conn->size() == export_size) return s.conn;
+  s.conn.reset();
+  if (gateway_gone) return nullptr;
+  *attempted = true;
+  if (nbd_handle* h = connect_once(why)) s.conn = std::make_shared<Conn>(h);
+  return s.conn;
+}
+
+// Runs submit(h, closure) (an nbd_aio_* call) on a connection and waits
+// for its reply, reconnecting and retrying while the connection is what
+// failed, until the reconnect timeout; after an earlier request gave up,
+// one connect attempt only; after SIGUSR2, none. Returns 0 or -errno.
+template <typename Submit>
+int with_connection(Submit submit) {
   if (gateway_gone) return -EIO;
   const auto deadline = Clock::now() + std::chrono::seconds(opts.reconnect_timeout);
   auto backoff = std::chrono::milliseconds(20);
   bool reported = false, attempted = false;
-  nbd_handle* h = pool->borrow();
-  if (h && nbd_get_size(h) != export_size) {  // made before a size refresh
-    close_connection(h);
-    h = nullptr;
-  }
-  const auto fail = [&](nbd_handle* back) {
-    pool->give_back(back);
-    return -EIO;
-  };
+  Slot& slot = (*slots)[next_slot.fetch_add(1, std::memory_order_relaxed) % slots->size()];
+  std::shared_ptr<Conn> c = current(slot);
   for (;;) {
-    if (gateway_gone) {
-      close_connection(h);
-      return fail(nullptr);
-    }
+    if (gateway_gone) return -EIO;
     std::string why;
-    if (!h) {
-      h = connect_once(&why);
-      attempted = true;
-    }
-    if (h) {
+    if (!c || c->broken() || c->size() != export_size) c = replace(slot, c, &attempted, &why);
+    if (c) {
       if (reported) say("reconnected to " + opts.socket);
-      if (op(h) != -1) {
-        pool->give_back(h);
+      const int r = c->run_request(submit, &why);
+      if (r == 0) {
         if (gave_up.load(std::memory_order_relaxed) && gave_up.exchange(false))
           say("requests to " + opts.socket + " succeed again");
         return 0;
       }
-      int err = nbd_get_errno();
-      why = nbd_get_error() ? nbd_get_error() : "request failed";
-      if (nbd_aio_is_ready(h) == 1 && !gateway_gone) {  // the server answered with an error
-        pool->give_back(h);
-        return -(err ? err : EIO);
-      }
-      close_connection(h);
-      h = nullptr;
+      // The server's error; unless the connection predates a size refresh
+      // (its requests are checked against its old size): then retry anew.
+      if (r < 0 && c->size() == export_size) return r;
+      if (r < 0) continue;
     }
-    if (gateway_gone) return fail(nullptr);
-    if (gave_up && attempted) return fail(nullptr);  // no second full wait
+    if (gateway_gone) return -EIO;
+    if (gave_up && attempted) return -EIO;  // no second full wait
     if (Clock::now() > deadline) {
       if (!gave_up.exchange(true))
         say("giving up after " + std::to_string(opts.reconnect_timeout) + " s: " + why +
             "; until a connect succeeds, requests fail with EIO after one connect attempt");
-      return fail(nullptr);
+      return -EIO;
     }
     if (!reported) {
       say("connection to " + opts.socket + " lost (" + why + "); reconnecting");
@@ -282,8 +396,11 @@ void declare_gone() {
   gone_cv.notify_all();
   std::size_t n = 0;
   {
-    std::lock_guard lk(sockets_m);
-    for (const auto& [h, fd] : sockets) n += ::shutdown(fd, SHUT_RDWR) == 0;
+    std::lock_guard lk(conns_m);
+    for (Conn* c : conns) {
+      c->wake();  // its I/O thread shuts the socket down
+      ++n;
+    }
   }
   say("SIGUSR2: the gateway at " + opts.socket + " is gone for good: every request fails with EIO "
       "from now on, no more reconnects (" + std::to_string(n) + " connection(s) shut down)");
@@ -324,7 +441,7 @@ void signal_loop(sigset_t set) {
       say("size refresh: connect to " + opts.socket + ": " + why);
       continue;
     }
-    close_connection(h);
+    nbd_close(h);
     say("export size is " + std::to_string(export_size.load()) + " bytes");
     write_size_file();
   }
@@ -373,7 +490,9 @@ std::size_t clamp(std::size_t size, off_t off) {
 int fs_read(const char*, char* buf, std::size_t size, off_t off, fuse_file_info*) {
   const std::size_t n = clamp(size, off);
   if (n == 0) return 0;
-  int r = with_connection([&](nbd_handle* h) { return nbd_pread(h, buf, n, static_cast<uint64_t>(off), 0); });
+  int r = with_connection([&](nbd_handle* h, nbd_completion_callback cb) {
+    return nbd_aio_pread(h, buf, n, static_cast<uint64_t>(off), cb, 0);
+  });
   return r < 0 ? r : static_cast<int>(n);
 }
 
@@ -381,7 +500,9 @@ int fs_write(const char*, const char* buf, std::size_t size, off_t off, fuse_fil
   if (opts.read_only) return -EROFS;
   const std::size_t n = clamp(size, off);
   if (n == 0) return size == 0 ? 0 : -ENOSPC;
-  int r = with_connection([&](nbd_handle* h) { return nbd_pwrite(h, buf, n, static_cast<uint64_t>(off), 0); });
+  int r = with_connection([&](nbd_handle* h, nbd_completion_callback cb) {
+    return nbd_aio_pwrite(h, buf, n, static_cast<uint64_t>(off), cb, 0);
+  });
   return r < 0 ? r : static_cast<int>(n);
 }
 
@@ -389,7 +510,7 @@ int fs_fsync(const char*, int, fuse_file_info*) {
   if (opts.read_only) return 0;
   if (gateway_gone) return -EIO;
   if (!can_flush) return 0;
-  return with_connection([](nbd_handle* h) { return nbd_flush(h, 0); });
+  return with_connection([](nbd_handle* h, nbd_completion_callback cb) { return nbd_aio_flush(h, cb, 0); });
 }
 
 // Punch hole and zero range both leave zeros (see the header comment):
@@ -404,7 +525,10 @@ int fs_fallocate(const char*, int mode, off_t off, off_t len, fuse_file_info*) {
   std::uint64_t left = clamp(static_cast<std::size_t>(len), off);
   while (left > 0) {  // NBD requests carry a 32-bit length
     const std::uint64_t n = std::min<std::uint64_t>(left, 1u << 30);
-    if (int r = with_connection([&](nbd_handle* h) { return nbd_zero(h, n, pos, flags); }); r < 0)
+    if (int r = with_connection([&](nbd_handle* h, nbd_completion_callback cb) {
+          return nbd_aio_zero(h, n, pos, cb, flags);
+        });
+        r < 0)
       return r;
     pos += n;
     left -= n;
@@ -484,8 +608,16 @@ int main(int argc, char** argv) {
     say("connect to " + opts.socket + ": " + why);
     return 1;
   }
-  Pool connections(opts.connections, first);
-  pool = &connections;
+  // More than one connection only where the server says that they see one
+  // another's writes and a flush on one covers all (NBD multi-conn).
+  if (opts.connections > 1 && nbd_can_multi_conn(first) != 1) {
+    say("the export does not allow multi-conn: using one connection, not " +
+        std::to_string(opts.connections));
+    opts.connections = 1;
+  }
+  std::vector<Slot> connections(static_cast<std::size_t>(opts.connections));
+  connections[0].conn = std::make_shared<Conn>(first);
+  slots = &connections;
   std::thread(signal_loop, sigs).detach();
 
   fuse_operations ops{};
