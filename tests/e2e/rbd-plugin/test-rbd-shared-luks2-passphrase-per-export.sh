@@ -17,7 +17,8 @@
 #    entry opens without a restart;
 #  - two exports with byte-identical headers get a volume each; an export's
 #    connections share one unlocked volume, dropped after the last one;
-#  - no passphrase in the gateway's argv, environment or log (-v);
+#  - no passphrase in the gateway's argv, environment or log (-v, and
+#    libcryptsetup's debug messages);
 #  - passphrase-store is exclusive with passphrase= and key-file= and must be
 #    an absolute path.
 source "$(dirname "$0")/common.sh"
@@ -154,7 +155,7 @@ chmod 0644 "$store/mode0644.passphrase"
 [ "$(for f in "$TEST_TMP"/vol[1-4].pass; do cat "$f"; echo; done | sort -u | wc -l)" = 4 ] || fail "passphrases not distinct"
 
 sock="$TEST_TMP/gw.sock"
-nbdkit -f -v -U "$sock" -P "$TEST_TMP/gw.pid" --filter="$RBDGW_FILTER" "$RBDGW_PLUGIN" \
+nbdkit -f -v -D luks2.verbose=1 -U "$sock" -P "$TEST_TMP/gw.pid" --filter="$RBDGW_FILTER" "$RBDGW_PLUGIN" \
   "exports-dir=$exdir" exclusive=true durable-writes=true "conf=$CEPH_CONF" \
   "passphrase-store=$store" 2>>"$log" &
 pid=$!
@@ -234,6 +235,23 @@ sleep 0.5
 n2=$(grep -c "luks2: export 'vol3': unlocked" "$log")
 [ "$n2" = $((n1 + 1)) ] || fail "vol3 reopened after its last connection closed: $((n2 - n1)) unlocks, expected 1"
 pass "connections to one export share its volume; it is dropped after the last one"
+
+# Many first opens at once, of several exports: each connection reads its
+# own volume's data.
+bpids=()
+for k in $(seq 1 12); do
+  v=vol$((k % 4 + 2))  # vol2..vol5
+  M="$TEST_TMP/$v.model" nbdsh -u "$(export_uri "$sock" "$v")" -c '
+import os
+m = open(os.environ["M"], "rb").read()
+assert h.pread(len(m), 0) == m, "read differs from the model"
+' 2>"$TEST_TMP/burst$k.err" &
+  bpids+=($!)
+done
+for k in $(seq 1 12); do
+  wait "${bpids[$((k - 1))]}" || { cat "$TEST_TMP/burst$k.err" >&2; fail "burst open $k failed"; }
+done
+pass "12 connections opening 4 exports at once each read their own volume's data"
 
 # No passphrase in argv, environment or log.
 for v in vol1 vol2 vol3 vol4 vol5 wrongpw mode0644; do
