@@ -43,13 +43,15 @@ const char* kUsage =
     "  map IMAGE-SPEC [--mount DIR [--fstype ext4|xfs] [--options OPTS]] [--read-only]\n"
     "      [--encrypted --passphrase-file F | --kms-id ID --kms-config F [--kms-secret-file F]]\n"
     "      [--attach auto|kernel|userspace] [--volume-id ID] [--pbkdf argon2id|pbkdf2[:ITER]]\n"
-    "      [--node NAME] CLUSTER-OPTIONS\n"
+    "      [--node NAME] [--shared-gateway] CLUSTER-OPTIONS\n"
     "      Attaches (and mounts); prints the mount point, or the device without --mount.\n"
     "      Mapping an already mapped volume re-attaches it if its gateway died.\n"
     "      A blank encrypted volume is LUKS2-formatted first (--pbkdf: its key derivation).\n"
     "      One writer: a read-write map is refused while another node's gateway holds the\n"
     "      image (--node: this node's name in its lock record; default $RBDGW_NODE_NAME,\n"
     "      else the host name).\n"
+    "      --shared-gateway: served by the node's one gateway for this cluster identity\n"
+    "      and kind (plain or decrypting), not a gateway of its own (userspace path).\n"
     "  unmap [--force] VOLUME  VOLUME: volume id, image spec, mount point or device\n"
     "      A dead gateway is restarted first; if that fails, --force tears the volume\n"
     "      down anyway, failing the filesystem's unflushed writes (they are lost).\n"
@@ -216,7 +218,7 @@ attach::Stash find_volume(const std::string& run_root, const std::string& what) 
 }
 
 int cmd_map(const std::string& run_root, const std::vector<std::string>& argv) {
-  Args a(argv, {"encrypted", "read-only"},
+  Args a(argv, {"encrypted", "read-only", "shared-gateway"},
          join({kClusterOpts, kKmsOpts, {"mount", "fstype", "options", "passphrase-file", "attach", "pbkdf",
                                      "node"}}));
   attach::Volume v;
@@ -251,6 +253,7 @@ int cmd_map(const std::string& run_root, const std::vector<std::string>& argv) {
   }
   attach::AttachOptions o = options_for(run_root, v.id);
   o.attach = attach::parse_attach_choice(a.get("attach", "auto"));
+  o.shared_gateway = a.has("shared-gateway");
   if (a.has("pbkdf")) o.luks_format.pbkdf = parse_pbkdf(a.get("pbkdf"));
   const attach::Stash s = attach::attach(v, o);
   std::cout << (s.block ? s.device : s.target) << "\n";

@@ -35,7 +35,7 @@ using namespace detail;
 
 namespace detail {
 
-const std::vector<Step>& steps_for(Mode m) {
+const std::vector<Step>& steps_for(Mode m, bool shared) {
   // name, run, undo: attach runs them in order, detach undoes them in reverse.
   static const std::vector<Step> userspace = {
       {"inspect", inspect_run, nullptr},
@@ -59,7 +59,22 @@ const std::vector<Step>& steps_for(Mode m) {
       {"mount", mount_run, mount_undo},
       {"mark_encrypted", mark_encrypted_run, nullptr},
   };
-  return m == Mode::kernel ? kernel : userspace;
+  // The userspace path on a shared gateway (step_shared_gateway.cpp): the
+  // volume's registry entry goes only after its exporter is stopped.
+  static const std::vector<Step> userspace_shared = {
+      {"inspect", inspect_run, nullptr},
+      {"run_dir", run_dir_run, run_dir_undo},
+      {"secrets", secrets_run, secrets_undo},
+      {"shared_gateway", shared_gateway_run, shared_gateway_undo},
+      {"fuse_exporter", fuse_exporter_run, fuse_exporter_undo},
+      {"shared_lock", shared_lock_run, nullptr},
+      {"loop_device", loop_device_run, loop_device_undo},
+      {"filesystem", filesystem_run, nullptr},
+      {"mount", mount_run, mount_undo},
+      {"mark_encrypted", mark_encrypted_run, nullptr},
+  };
+  if (m == Mode::kernel) return kernel;
+  return shared ? userspace_shared : userspace;
 }
 
 void progress(const AttachOptions& o, const std::string& msg) {
@@ -322,7 +337,8 @@ VolumeStatus status(const Stash& s) {
   st.stash = s;
   st.stale = stale_reason(s);
   if (!st.stale.empty()) return st;  // what it names is not its own any more
-  st.gateway_alive = alive(s.gateway);
+  st.gateway_alive = gateway_up(s);
+  if (!s.shared_dir.empty()) st.stash.gateway = shared_gateway_process(s);
   st.fuse_alive = s.mode == Mode::userspace && alive(s.fuse) && is_mountpoint(s.fuse_file);
   st.mounted = !s.block && is_mountpoint(s.target);
   st.nbd_connected = s.mode == Mode::kernel && !s.nbd_device.empty() &&
@@ -352,7 +368,10 @@ Stash attach(const Volume& v, const AttachOptions& o) {
     if (!fs::is_directory(v.target))
       throw Error(ENOENT, cat("attach ", v.id, ": target ", v.target, " is not a directory"));
   }
-  const Mode mode = choose_mode(o.attach, o.root);
+  if (o.shared_gateway && o.attach == AttachChoice::kernel)
+    throw Error(ENOTSUP, cat("attach ", v.id, ": a shared gateway serves the userspace path only "
+                             "(--attach kernel with --shared-gateway)"));
+  const Mode mode = o.shared_gateway ? Mode::userspace : choose_mode(o.attach, o.root);
   const std::string run_dir = o.run_dir.empty() ? cat(kRunRoot, "/", v.id) : o.run_dir;
   const VolumeLock lock(run_dir, v.id, true);
   // The lock made the run dir: a refused attach takes it away again (rmdir
@@ -420,7 +439,7 @@ Stash attach(const Volume& v, const AttachOptions& o) {
 
   Context c{s, o, [&] { save_stash(s, o.stash_path); }, &v, {}, false, interrupted_mkfs_token, {}};
   try {
-    for (const Step& step : steps_for(mode)) {
+    for (const Step& step : steps_for(mode, o.shared_gateway)) {
       if (!step.run) continue;
       log::debug("attach ", v.id, ": step ", step.name);
       step.run(c);
@@ -465,10 +484,10 @@ DetachResult detach_locked(const std::string& stash_path, const DetachOptions& d
   // The filesystem above can flush only through a live gateway (and, on
   // the userspace path, a live exporter).
   const auto dead = [](const Stash& st) {
-    return !alive(st.gateway) || (st.mode == Mode::userspace && !st.fuse_file.empty() && !alive(st.fuse));
+    return !gateway_up(st) || (st.mode == Mode::userspace && !st.fuse_file.empty() && !alive(st.fuse));
   };
   if (has_io_path(s) && dead(s)) {
-    std::string why = !alive(s.gateway) ? "it is not running" : "its FUSE exporter died";
+    std::string why = !gateway_up(s) ? "it is not running" : "its FUSE exporter died";
     if (d.restart && s.complete) {
       try {
         readopt(stash_path, *d.restart);
@@ -506,7 +525,7 @@ DetachResult detach_locked(const std::string& stash_path, const DetachOptions& d
     c.forced = true;
   }
 
-  const auto& steps = steps_for(s.mode);
+  const auto& steps = steps_for(s.mode, !s.shared_dir.empty());
   for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
     if (!it->undo) continue;
     log::debug("detach ", s.volume_id, ": undo ", it->name);
@@ -573,7 +592,9 @@ VolumeStatus readopt(const std::string& stash_path, const AttachOptions& o) {
                             "and attaches afresh, or unmap (unstage) it"));
   if (!s.complete)
     throw Error(EIO, cat("volume ", s.volume_id, ": its attach was interrupted; detach it and attach again"));
-  if (!alive(s.gateway)) {
+  if (!s.shared_dir.empty()) {
+    shared_readopt(s, o, [&] { save_stash(s, stash_path); });
+  } else if (!alive(s.gateway)) {
     std::optional<SecretBuffer> pass, key;
     if (s.encrypted && s.mode == Mode::userspace && !(pass = load_secret(s.volume_id, kPassphrase)))
       throw Error(ENOKEY, cat("volume ", s.volume_id, ": passphrase not in the secret store ", secret_root(), "; "

@@ -142,6 +142,12 @@ struct AttachOptions {
   // LUKS2 format of an encryptionPrepared volume on its first attach
   // (tests lower the PBKDF cost here).
   luks::FormatOptions luks_format;
+  // Userspace path: serve the volume from the node's shared gateway for
+  // its cluster identity and kind (plain or decrypting), one nbdkit for
+  // many volumes (lib/attach/step_shared_gateway.cpp), instead of a
+  // gateway of its own. With AttachChoice::automatic it picks userspace;
+  // with kernel it is Error(ENOTSUP).
+  bool shared_gateway = false;
 };
 
 // A process we started, identified by pid and start time (against pid reuse).
@@ -184,6 +190,10 @@ struct Stash {
   // marker rbdgw.io/mkfs-started: a later attach redoes an interrupted mkfs
   // only when the marker carries the token of this (incomplete) stash.
   std::string mkfs_token;
+  // The shared gateway's dir (AttachOptions::shared_gateway); empty: the
+  // volume has a gateway of its own. socket and gateway_log are in it, and
+  // gateway is the shared gateway as last seen by this volume.
+  std::string shared_dir;
   bool operator==(const Stash&) const = default;
 };
 

@@ -49,6 +49,7 @@ std::string stash_to_json(const Stash& s) {
       {"target", s.target},            {"mounted", s.mounted},
       {"mkfs_token", s.mkfs_token},
   };
+  if (!s.shared_dir.empty()) j["shared_dir"] = s.shared_dir;
   return j.dump(2) + "\n";
 }
 
@@ -89,6 +90,7 @@ Stash stash_from_json(std::string_view text, std::string_view what) {
     s.target = j.at("target").get<std::string>();
     s.mounted = j.at("mounted").get<bool>();
     s.mkfs_token = j.value("mkfs_token", std::string());  // absent in stashes of 0.1.0
+    s.shared_dir = j.value("shared_dir", std::string());  // only on a shared gateway
     return s;
   } catch (const json::exception& e) {
     throw Error(EINVAL, cat(what, ": malformed: ", e.what()));

@@ -24,9 +24,11 @@ void fuse_exporter_run(Context& c) {
   // discard (mkfs's of the whole device, every fstrim) would write
   // encrypted zeros over its range for nothing; refused, the loop device
   // stops taking discards and the kernel writes zeros where it must.
-  s.fuse = spawn_detached(fuse_argv(c.o.tools, s.socket, s.fuse_file, "rbdgw:" + s.volume_id,
-                                    s.read_only, size_file(s), s.encrypted),
-                          s.run_dir + "/fuse.log", {}, fuse_pid_file(s));
+  auto argv = fuse_argv(c.o.tools, s.socket, s.fuse_file, "rbdgw:" + s.volume_id, s.read_only,
+                        size_file(s), s.encrypted);
+  // A shared gateway serves the volume as the export named by its id.
+  if (!s.shared_dir.empty()) argv.insert(argv.begin() + 1, {"--export", s.volume_id});
+  s.fuse = spawn_detached(argv, s.run_dir + "/fuse.log", {}, fuse_pid_file(s));
   c.save();
   wait_ready(s.fuse, "FUSE exporter", s.run_dir + "/fuse.log", c.o.timeout,
              [&] { return is_mountpoint(s.fuse_file); });

@@ -67,8 +67,9 @@ struct Step {
   void (*undo)(Context&);  // detach; nullptr: nothing to undo
 };
 
-// The steps of a path, in attach order.
-const std::vector<Step>& steps_for(Mode m);
+// The steps of a path, in attach order (shared: the userspace path on a
+// shared gateway, step_shared_gateway.cpp).
+const std::vector<Step>& steps_for(Mode m, bool shared = false);
 
 // Shared helpers.
 void progress(const AttachOptions& o, const std::string& msg);
@@ -140,5 +141,20 @@ void dm_crypt_undo(Context& c);
 void filesystem_run(Context& c);
 void mount_run(Context& c);
 void mount_undo(Context& c);
+
+// step_shared_gateway.cpp (AttachOptions::shared_gateway).
+// The shared gateway's dir for s's cluster identity, node and kind.
+std::string shared_gateway_dir(const std::string& run_root, const Stash& s, const SecretBuffer& key);
+// The live shared gateway of s.shared_dir (pid 0: none).
+ProcessRef shared_gateway_process(const Stash& s);
+// s's gateway is alive: its own, or the shared one with s's registry entry.
+bool gateway_up(const Stash& s);
+void shared_gateway_run(Context& c);
+void shared_gateway_undo(Context& c);
+void shared_lock_run(Context& c);
+// readopt of a volume on a shared gateway: restarts the gateway when dead
+// (once: under its lock, the next volume finds it alive), and registers the
+// volume again after refuse_if_taken_since.
+void shared_readopt(Stash& s, const AttachOptions& o, const std::function<void()>& save);
 
 }  // namespace rbdgw::attach::detail

@@ -266,7 +266,8 @@ int rbd_get_ready() {
 // (exclusive=true), its cache mode and allocation map learnt.
 std::shared_ptr<Export> make_export(rbd::Image img, const std::string& spec) {
   std::string client;
-  if (config.exclusive) {
+  // exports-dir: a read-only export (read-only=true) takes no lock.
+  if (config.exclusive && !img.read_only()) {
     const rbd::Holder h = rbd::acquire_for_life(img, rbd::this_process(node_name()));
     client = h.client;
     nbdkit_debug("rbd: %s: holding the exclusive lock for good as %s on node %s",
@@ -340,7 +341,7 @@ Entry read_entry(const std::string& name) {
       throw Error(EINVAL, cat("export '", name, "': ", path, ": unknown or malformed line '", k, "'"));
   }
   if (!spec) throw Error(EINVAL, cat("export '", name, "': ", path, " names no image"));
-  if (config.exclusive && !spec->snap.empty())
+  if (config.exclusive && !spec->snap.empty() && !e.read_only)
     throw Error(EINVAL, cat("export '", name, "': a snapshot is read-only and takes no lock"));
   e.spec = *spec;
   return e;

@@ -1,0 +1,350 @@
+// The shared gateway (AttachOptions::shared_gateway, `rbdgw map
+// --shared-gateway`): one nbdkit rbd exports-dir=DIR per cluster identity
+// and kind on the node, serving every volume mapped with it as its own NBD
+// export (named by the volume id), on one RADOS client.
+//
+// Identity: the cluster (conf file, mon_host), the cephx user, its keyring
+// or key, the node name of the holder records, and the kind: plain, or
+// decrypting (the luks2 filter with passphrase-store=<secret store root>:
+// for export N it reads the store's (N, "passphrase"), which the secrets
+// step keeps for every userspace encrypted volume). Its dir,
+// <run root>/@shared-<first 16 hex digits of the identity's SHA-256> ('@' is
+// outside the volume-id alphabet), 0700, holds the socket (nbd.sock), the
+// pid files, the log (gateway.log) and the registry (exports/<volume-id>:
+// "image=SPEC" [+ "read-only=true"], read by the plugin at the export's
+// open). Everything that starts or stops the gateway or changes the
+// registry holds an exclusive flock on that dir.
+//
+// Steps (userspace path only): shared_gateway (start the gateway when none
+// is alive, then register the volume) replaces gateway; after
+// fuse_exporter (rbdgw-fuse --export <volume-id>), shared_lock waits until
+// the image's exclusive lock is the shared gateway's (taken at the export's
+// open, by the exporter's first connection). Undo: the entry goes once the
+// exporter is stopped (its connections closed: the plugin closes the image
+// and lets its lock go), and the gateway with the last entry.
+//
+// A (re)start of the shared gateway empties the registry first: after a
+// crash, each volume's readopt puts its own entry back only after the
+// fencing check of refuse_if_taken_since, so that a volume whose lock
+// another client took meanwhile is never served again from this node's
+// stale view (its exporter's I/O fails after its reconnect timeout), while
+// the others recover.
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "attach/secret_store.hpp"
+#include "attach/steps.hpp"
+#include "rbd/exclusive_lock.hpp"
+#include "rbd/image.hpp"
+
+namespace fs = std::filesystem;
+
+namespace rbdgw::attach::detail {
+namespace {
+
+constexpr int kKeyFd = 3;
+// nbdkit worker threads per connection of the shared gateway (nbdkit's
+// default is 16): every exporter connection of every volume costs that
+// many. $RBDGW_SHARED_GATEWAY_THREADS overrides it (1..64; benchmarks).
+constexpr int kSharedThreads = 8;
+
+int shared_threads() {
+  const char* e = std::getenv("RBDGW_SHARED_GATEWAY_THREADS");
+  if (!e || !*e) return kSharedThreads;
+  const int n = std::atoi(e);
+  if (n < 1 || n > 64)
+    throw Error(EINVAL, cat("RBDGW_SHARED_GATEWAY_THREADS='", e, "': expected 1..64"));
+  return n;
+}
+
+std::string hex16_sha256(const std::string& data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr) != 1)
+    throw Error(EIO, "SHA-256 of the shared gateway's identity failed");
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < 8; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return out;
+}
+
+std::string field(const std::string& s) { return cat(s.size(), ":", s, ";"); }
+
+std::string pid_file_of(const std::string& dir) { return dir + "/gateway.pid"; }
+std::string nbdkit_pid_file_of(const std::string& dir) { return dir + "/nbdkit.pid"; }
+std::string exports_of(const std::string& dir) { return dir + "/exports"; }
+std::string entry_of(const Stash& s) { return exports_of(s.shared_dir) + "/" + s.volume_id; }
+
+// An exclusive flock on the shared gateway's dir (created 0700 when
+// `create`), held while the gateway is started or stopped or its registry
+// changed. A dir removed while waiting for it is made (or opened) again.
+class SharedLock {
+ public:
+  SharedLock(const std::string& dir, bool create) {
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      if (create) {
+        fs::create_directories(fs::path(dir).parent_path());
+        if (::mkdir(dir.c_str(), 0700) < 0 && errno != EEXIST) throw_errno("mkdir", dir, errno);
+      }
+      fd_ = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd_ < 0) {
+        if (errno == ENOENT && create) continue;
+        if (errno == ENOENT) return;  // nothing to lock: no gateway
+        throw_errno("open", dir, errno);
+      }
+      while (::flock(fd_, LOCK_EX) < 0) {
+        if (errno != EINTR) throw_errno("flock", dir, errno);
+      }
+      struct stat st;
+      if (::fstat(fd_, &st) == 0 && st.st_nlink > 0) {
+        if (create) {
+          ::chmod(dir.c_str(), 0700);
+          if (::mkdir(exports_of(dir).c_str(), 0700) < 0 && errno != EEXIST)
+            throw_errno("mkdir", exports_of(dir), errno);
+        }
+        return;
+      }
+      ::close(fd_);
+      fd_ = -1;
+    }
+    throw Error(EAGAIN, cat("shared gateway dir ", dir, " keeps disappearing"));
+  }
+  ~SharedLock() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  bool held() const { return fd_ >= 0; }
+  SharedLock(const SharedLock&) = delete;
+  SharedLock& operator=(const SharedLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+// The registry's entries (export names), temporary files left out.
+std::vector<std::string> entries(const std::string& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(exports_of(dir), ec)) {
+    const std::string n = e.path().filename().string();
+    if (!n.empty() && n[0] != '.') out.push_back(n);
+  }
+  return out;
+}
+
+void write_entry(const Stash& s) {
+  const std::string path = entry_of(s), tmp = exports_of(s.shared_dir) + "/." + s.volume_id + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << "image=" << s.image << "\n";
+    if (s.read_only) f << "read-only=true\n";
+    f.flush();
+    if (!f) throw Error(EIO, cat("volume ", s.volume_id, ": cannot write ", tmp));
+  }
+  ::chmod(tmp.c_str(), 0600);
+  if (::rename(tmp.c_str(), path.c_str()) < 0) throw_errno("rename", path, errno);
+}
+
+std::vector<std::string> shared_argv(const Tools& t, const Stash& s, bool with_key, int threads) {
+  const std::string& dir = s.shared_dir;
+  std::vector<std::string> v = {t.nbdkit, "--foreground", "--log=stderr", "--unix", s.socket,
+                                "--pidfile", nbdkit_pid_file_of(dir), "--threads",
+                                std::to_string(threads)};
+  if (s.encrypted) v.push_back("--filter=" + t.filter);
+  v.push_back(t.plugin);
+  v.push_back("exports-dir=" + exports_of(dir));
+  v.push_back("durable-writes=true");
+  // Per export: the plugin takes a read-write export's lock for good at its
+  // open, and opens a read-only one (read-only=true) without.
+  v.push_back("exclusive=true");
+  if (!s.node.empty()) v.push_back("node=" + s.node);
+  if (!s.conf_file.empty()) v.push_back("conf=" + s.conf_file);
+  if (!s.mon_host.empty()) v.push_back("mon_host=" + s.mon_host);
+  if (!s.user_id.empty()) v.push_back("id=" + s.user_id);
+  if (with_key) v.push_back(cat("key=-", kKeyFd));
+  else if (!s.keyring.empty()) v.push_back("keyring=" + s.keyring);
+  if (s.encrypted) v.push_back("passphrase-store=" + secret_root());
+  return v;
+}
+
+// Starts the shared gateway of s.shared_dir (the caller holds its lock) with
+// an empty registry. Returns it once its socket is up.
+ProcessRef start_shared(const Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
+                        std::chrono::seconds timeout, const AttachOptions& o) {
+  const std::string& dir = s.shared_dir;
+  progress(o, cat("starting the shared gateway ", dir, s.encrypted ? " (decrypting)" : ""));
+  stop_process(stray_process(pid_file_of(dir), dir + "/"), 10s);
+  for (const auto& n : entries(dir)) ::unlink((exports_of(dir) + "/" + n).c_str());
+  ::unlink(s.socket.c_str());
+  ::unlink(nbdkit_pid_file_of(dir).c_str());
+  std::vector<PassFd> pass;
+  int key_fd = -1;
+  if (cephx_key) {
+    key_fd = secret_pipe(*cephx_key);
+    pass.push_back({key_fd, kKeyFd});
+  }
+  ProcessRef g;
+  try {
+    g = spawn_detached(shared_argv(tools, s, cephx_key != nullptr, shared_threads()), s.gateway_log,
+                       pass, pid_file_of(dir));
+  } catch (...) {
+    if (key_fd >= 0) ::close(key_fd);
+    throw;
+  }
+  if (key_fd >= 0) ::close(key_fd);
+  try {
+    wait_ready(g, cat("shared gateway ", dir), s.gateway_log, timeout, [&] {
+      struct stat st;
+      return ::stat(nbdkit_pid_file_of(dir).c_str(), &st) == 0 && st.st_size > 0 &&
+             ::stat(s.socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+    });
+  } catch (...) {
+    stop_process(g, 10s);
+    throw;
+  }
+  return g;
+}
+
+// Stops the gateway and removes its dir when no entry is left (lock held).
+void stop_if_unused(const std::string& dir) {
+  if (!entries(dir).empty()) return;
+  stop_process(stray_process(pid_file_of(dir), dir + "/"), 10s);
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) fs::remove_all(e.path(), ec);
+  ::rmdir(dir.c_str());
+}
+
+}  // namespace
+
+std::string shared_gateway_dir(const std::string& run_root, const Stash& s, const SecretBuffer& key) {
+  const std::string id = cat(field(s.conf_file), field(s.mon_host), field(s.user_id), field(s.keyring),
+                             field(std::string(key.view())), field(s.node),
+                             field(s.encrypted ? "luks2" : "plain"));
+  return cat(run_root, "/@shared-", hex16_sha256(id));
+}
+
+ProcessRef shared_gateway_process(const Stash& s) {
+  if (s.shared_dir.empty()) return {};
+  return stray_process(pid_file_of(s.shared_dir), s.shared_dir + "/");
+}
+
+bool gateway_up(const Stash& s) {
+  if (s.shared_dir.empty()) return alive(s.gateway);
+  struct stat st;
+  return alive(shared_gateway_process(s)) && ::stat(entry_of(s).c_str(), &st) == 0;
+}
+
+void shared_gateway_run(Context& c) {
+  Stash& s = c.s;
+  const Volume& v = *c.v;
+  s.shared_dir = shared_gateway_dir(fs::path(s.run_dir).parent_path().string(), s, v.cluster.key);
+  s.socket = s.shared_dir + "/nbd.sock";
+  s.gateway_log = s.shared_dir + "/gateway.log";
+  c.save();
+  const SharedLock lock(s.shared_dir, true);
+  ProcessRef g = shared_gateway_process(s);
+  if (!alive(g)) g = start_shared(s, c.o.tools, s.cephx_key_in_keyring ? &v.cluster.key : nullptr,
+                                  c.o.timeout, c.o);
+  else progress(c.o, cat("joining the shared gateway ", s.shared_dir, " (pid ", g.pid, ")"));
+  s.gateway = g;
+  c.save();
+  write_entry(s);
+}
+
+void shared_gateway_undo(Context& c) {
+  const Stash& s = c.s;
+  if (s.shared_dir.empty()) return;
+  const SharedLock lock(s.shared_dir, false);
+  if (!lock.held()) return;
+  if (::unlink(entry_of(s).c_str()) < 0 && errno != ENOENT) throw_errno("unlink", entry_of(s), errno);
+  stop_if_unused(s.shared_dir);
+}
+
+namespace {
+// Waits (up to timeout) until the image's lock owner is the shared gateway
+// s.gateway by its holder record; records its client. Returns false on
+// timeout when !must, throws otherwise.
+bool await_shared_lock(Stash& s, const rbd::ClusterOptions& co, std::chrono::seconds timeout, bool must,
+                       const std::string& fuse_log) {
+  auto cluster = rbd::Cluster::connect(co);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    // A fresh handle each time: a read-only one sees the lock as of its open.
+    auto img = rbd::Image::open(cluster, rbd::ImageSpec::parse(s.image), rbd::Image::Mode::read_only);
+    const auto o = rbd::lock_owner(img);
+    if (o && o->holder && o->holder->pid == s.gateway.pid && o->holder->node == s.node) {
+      s.gateway_client = o->client;
+      return true;
+    }
+    if (!alive(s.gateway))
+      throw Error(EIO, cat("volume ", s.volume_id, ": the shared gateway exited (", exit_reason(s.gateway),
+                           "); its log: ", log_tail(s.gateway_log)));
+    if (must && !alive(s.fuse))
+      throw Error(EIO, cat("volume ", s.volume_id, ": its FUSE exporter exited; its log: ", log_tail(fuse_log),
+                           "; the shared gateway's log: ", log_tail(s.gateway_log)));
+    if (std::chrono::steady_clock::now() > deadline) {
+      if (!must) return false;
+      std::string held;
+      if (o) held = cat(" (", rbd::in_use_message(img, *o), ")");
+      throw Error(ETIMEDOUT, cat("volume ", s.volume_id, ": the shared gateway did not take the exclusive "
+                                 "lock of ", s.image, " within ", timeout.count(), " s", held,
+                                 "; its log: ", log_tail(s.gateway_log)));
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+}
+}  // namespace
+
+void shared_lock_run(Context& c) {
+  Stash& s = c.s;
+  if (s.read_only) return;
+  await_shared_lock(s, c.v->cluster, c.o.timeout, true, s.run_dir + "/fuse.log");
+  c.save();
+}
+
+void shared_readopt(Stash& s, const AttachOptions& o, const std::function<void()>& save) {
+  if (gateway_up(s) && shared_gateway_process(s) == s.gateway) return;
+  std::optional<SecretBuffer> key;
+  if (s.encrypted && !load_secret(s.volume_id, kPassphrase))
+    throw Error(ENOKEY, cat("volume ", s.volume_id, ": passphrase not in the secret store ", secret_root(),
+                            "; detach it and attach again"));
+  if (s.cephx_key_in_keyring && !(key = load_secret(s.volume_id, kCephx)))
+    throw Error(ENOKEY, cat("volume ", s.volume_id, ": cephx key not in the secret store ", secret_root(),
+                            "; detach it and attach again"));
+  {
+    const SharedLock lock(s.shared_dir, true);
+    ProcessRef g = shared_gateway_process(s);
+    if (!(gateway_up(s) && g == s.gateway)) {
+      // The old gateway's lock must still be ours (or free, its record
+      // naming it) before this volume is served again.
+      refuse_if_taken_since(s, key ? &*key : nullptr);
+      if (!alive(g)) g = start_shared(s, o.tools, key ? &*key : nullptr, o.timeout, o);
+      else progress(o, cat("volume ", s.volume_id, ": rejoining the shared gateway ", s.shared_dir,
+                           " (pid ", g.pid, ")"));
+      s.gateway = g;
+      save();
+      write_entry(s);
+    }
+  }
+  // The exporter's next connection opens the export and takes the lock;
+  // record the new client when that is quick (the holder record names the
+  // gateway's pid either way, which refuse_if_taken_since accepts).
+  if (!s.read_only) {
+    try {
+      if (await_shared_lock(s, cluster_options(s, key), 5s, false, {})) save();
+    } catch (const Error& e) {
+      log::warn(e.what());
+    }
+  }
+}
+
+}  // namespace rbdgw::attach::detail
