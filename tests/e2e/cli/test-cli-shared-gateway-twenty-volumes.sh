@@ -59,13 +59,36 @@ for i in $(seq $((NP + 1)) $N); do
     fail "volume $i not marked encrypted"
 done
 
-for i in $(seq 1 $N); do cli unmap "rbd.${img[$i]}" 2>/dev/null || fail "unmap of volume $i failed"; done
+# Unmaps and maps race each other (the gateway's last entry going while
+# another volume joins): all at once.
+unmap_all() {
+  local i pids=()
+  for i in $(seq 1 $N); do cli unmap "rbd.${img[$i]}" 2>"$TEST_TMP/unmap$i.err" & pids+=($!); done
+  for i in $(seq 1 $N); do wait "${pids[$((i - 1))]}" || { cat "$TEST_TMP/unmap$i.err" >&2; fail "unmap of volume $i failed"; }; done
+}
+unmap_all
 [ -z "$(gateways)" ] || { gateways >&2; fail "a shared gateway outlived its last volume"; }
+pids=()
+for i in $(seq 1 $N); do map_one "$i" >/dev/null 2>"$TEST_TMP/map$i.err" & pids+=($!); done
+for i in $(seq 1 $N); do wait "${pids[$((i - 1))]}" || { cat "$TEST_TMP/map$i.err" >&2; fail "second (concurrent) map of volume $i failed"; }; done
+[ "$(gateways | wc -l)" = 2 ] || { gateways >&2; fail "concurrent maps: expected 2 gateway processes, got $(gateways | wc -l)"; }
 for i in $(seq 1 $N); do
-  map_one "$i" >/dev/null 2>"$TEST_TMP/map$i.err" || { cat "$TEST_TMP/map$i.err" >&2; fail "second map of volume $i failed"; }
   (cd "$TEST_TMP/m$i" && sha256sum --quiet -c "$TEST_TMP/sum$i") || fail "volume $i: data differs after a remount"
 done
-pass "every file intact after unmap and map again"
-for i in $(seq 1 $N); do cli unmap "rbd.${img[$i]}" 2>/dev/null || fail "unmap of volume $i failed"; done
+pass "every file intact after unmap and map again (all $N at once, still 2 gateways)"
+# Half unmapped while the other half is mapped again: joins race the stop.
+pids=()
+for i in $(seq 1 2 $N); do cli unmap "rbd.${img[$i]}" 2>/dev/null & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p" || fail "unmap (odd volumes) failed"; done
+pids=()
+for i in $(seq 2 2 $N); do cli unmap "rbd.${img[$i]}" 2>/dev/null & pids+=($!); done
+for i in $(seq 1 2 $N); do map_one "$i" >/dev/null 2>"$TEST_TMP/map$i.err" & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p" || fail "racing maps and unmaps: one failed"; done
+for i in $(seq 1 2 $N); do
+  (cd "$TEST_TMP/m$i" && sha256sum --quiet -c "$TEST_TMP/sum$i") || fail "volume $i: data differs after racing maps and unmaps"
+done
+[ "$(gateways | wc -l)" = 2 ] || { gateways >&2; fail "after racing maps and unmaps: expected 2 gateways, got $(gateways | wc -l)"; }
+pass "maps racing the unmaps of the gateways' other volumes: served, still 2 gateways"
+for i in $(seq 1 2 $N); do cli unmap "rbd.${img[$i]}" 2>/dev/null || fail "unmap of volume $i failed"; done
 assert_clean
 pass "nothing left behind: no process, mount, loop device, registry entry or run dir"
