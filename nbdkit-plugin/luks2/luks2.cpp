@@ -52,6 +52,7 @@
 #include "crypto/xts.hpp"
 #include "luks/crypt_io.hpp"
 #include "luks/header.hpp"
+#include "luks/layout.hpp"
 
 // -D luks2.verbose=1: debug messages from lib/ (libcryptsetup included).
 extern "C" NBDKIT_DLL_PUBLIC int luks2_debug_verbose;
@@ -178,17 +179,75 @@ std::uint64_t export_size(nbdkit_next* next, const std::string& object) {
   return static_cast<std::uint64_t>(size);
 }
 
-// Unlocks the header on dev with pass (one PBKDF run, serialised), wiping
-// pass right after.
+// The bytes of the export below that unlocking reads (both header copies,
+// the keyslots' key material, the last byte before the data), read before
+// unlock_mu is taken: a slow or stuck image below (a QoS limit, a pool with
+// PGs down) then holds up only its own open, never the other exports'
+// unlocks queued behind the lock. Not secret (key material is AF-split and
+// encrypted with the passphrase's derived key).
+class Prefetch {
+ public:
+  explicit Prefetch(luks::Reader below) : below_(std::move(below)) {}
+
+  // Reads through the export below, keeping what it read.
+  luks::Reader recording() {
+    return [this](std::span<std::uint8_t> buf, std::uint64_t off) {
+      const std::size_t n = below_(buf, off);
+      reads_.push_back({off, std::vector<std::uint8_t>(buf.begin(), buf.begin() + n)});
+      return n;
+    };
+  }
+  // Serves from what was read when one read covers the range, else (past
+  // the end of the export, or bytes never read before) from the export below.
+  luks::Reader replaying() const {
+    return [this](std::span<std::uint8_t> buf, std::uint64_t off) {
+      for (const auto& [at, bytes] : reads_) {
+        if (off >= at && off - at <= bytes.size() && bytes.size() - (off - at) >= buf.size()) {
+          std::copy_n(bytes.begin() + static_cast<std::ptrdiff_t>(off - at), buf.size(),
+                      buf.begin());
+          return buf.size();
+        }
+      }
+      return below_(buf, off);
+    };
+  }
+
+ private:
+  luks::Reader below_;
+  std::vector<std::pair<std::uint64_t, std::vector<std::uint8_t>>> reads_;
+};
+
+// What luks::unlock reads, read through p.recording() (as it reads it:
+// inspect_header, then the key material in 1 MiB pieces, then the data
+// check). Header errors are thrown here, named, as unlock would.
+void prefetch_header(Prefetch& p, const std::string& object) {
+  const luks::Reader rec = p.recording();
+  const luks::HeaderLayout l = luks::inspect_header(rec, object);
+  std::vector<std::uint8_t> buf;
+  for (const luks::Extent& e : l.key_material) {
+    for (std::uint64_t done = 0; done < e.size;) {
+      buf.resize(std::min<std::uint64_t>(std::uint64_t{1} << 20, e.size - done));
+      const std::size_t n = rec(buf, e.offset + done);
+      if (n == 0) return;  // truncated: unlock says so, as it always did
+      done += n;
+    }
+  }
+  luks::check_data_inside(rec, l, object);
+}
+
+// Unlocks the header on dev with pass (one PBKDF run, serialised; the
+// header is read before), wiping pass right after.
 std::shared_ptr<Volume> make_volume(NextDevice& dev, const std::string& object,
                                     std::uint64_t dev_size, std::vector<std::uint8_t> fp,
                                     SecretBuffer& pass) {
-  const luks::Reader reader = [&](std::span<std::uint8_t> buf, std::uint64_t off) {
+  Prefetch prefetched([&](std::span<std::uint8_t> buf, std::uint64_t off) {
     if (off >= dev_size) return std::size_t{0};
     const std::size_t n = std::min<std::uint64_t>(buf.size(), dev_size - off);
     dev.pread(buf.first(n), off);
     return n;
-  };
+  });
+  prefetch_header(prefetched, object);
+  const luks::Reader reader = prefetched.replaying();
   std::unique_lock ulock(unlock_mu);
   luks::Unlocked u = [&] {
     if (passphrase_store.empty()) return luks::unlock(reader, object, pass);
