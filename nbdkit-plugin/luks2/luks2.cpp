@@ -406,7 +406,11 @@ int luks2_config(nbdkit_next_config* next, nbdkit_backend* nxdata, const char* k
       nbdkit_error("luks2: passphrase-store=%s: not an absolute path", value);
       return -1;
     }
+    // Without trailing '/': "LINK/" would make the store's O_NOFOLLOW open
+    // follow a symbolic link (a symlinked store must be refused).
     passphrase_store = value;
+    while (passphrase_store.size() > 1 && passphrase_store.back() == '/')
+      passphrase_store.pop_back();
     return 0;
   }
   if (std::strcmp(key, "allow-discards") == 0) {
