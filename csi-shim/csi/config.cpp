@@ -191,7 +191,7 @@ Options Options::parse(int argc, const char* const* argv, bool& help) {
   };
   const std::pair<const char*, bool Options::*> switches[] = {
       {"check-config", &Options::check_config}, {"list-parameters", &Options::list_parameters},
-      {"list-capabilities", &Options::list_capabilities}};
+      {"list-capabilities", &Options::list_capabilities}, {"shared-gateway", &Options::shared_gateway}};
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -268,6 +268,8 @@ const char* usage() {
          "  --driver-name NAME     plugin name (default rbd.gw.csi.rbdgw.io)\n"
          "  --node-id ID           node ID (default: the host name)\n"
          "  --attach MODE          auto | kernel | userspace (default auto)\n"
+         "  --shared-gateway       userspace stages share one gateway per cluster identity\n"
+         "                         and kind (plain, decrypting) instead of one per volume\n"
          "  --state-dir DIR        index of staged volumes (default /var/lib/rbdgw-csi)\n"
          "  --allowed-root DIR     staging/target paths must be below it\n"
          "                         (default /var/lib/kubelet)\n"

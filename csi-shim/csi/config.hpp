@@ -117,6 +117,7 @@ struct Options {
   std::string cluster_config;      // required
   std::string kms_config;          // optional
   std::string attach = "auto";     // auto | kernel | userspace
+  bool shared_gateway = false;     // --shared-gateway: userspace stages on the node's shared gateways
   std::string state_dir = "/var/lib/rbdgw-csi";
   std::string allowed_root = "/var/lib/kubelet";
   bool check_config = false;       // --check-config: validate the configs and exit

@@ -70,7 +70,8 @@ Node::Node(const Controller& controller, VolumeLocks& locks, const Options& opt)
       node_id_(opt.node_id.empty() ? host_name() : opt.node_id),
       state_dir_(opt.state_dir),
       allowed_root_(opt.allowed_root),
-      attach_choice_(attach::parse_attach_choice(opt.attach)) {}
+      attach_choice_(attach::parse_attach_choice(opt.attach)),
+      shared_gateway_(opt.shared_gateway) {}
 
 std::string Node::index_link(const VolumeId& id) const {
   return cat(state_dir_, "/volumes/", id.str());
@@ -96,6 +97,7 @@ constexpr std::chrono::seconds kUnstageFlushTimeout{120};
 attach::AttachOptions Node::attach_options(const std::string& stash) const {
   attach::AttachOptions o;
   o.attach = attach_choice_;
+  o.shared_gateway = shared_gateway_;
   o.stash_path = stash;
   o.tools = attach::Tools::from_environment();
   o.progress = [](std::string_view m) { log::info(m); };

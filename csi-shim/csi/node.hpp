@@ -87,6 +87,7 @@ class Node {
   VolumeLocks& locks_;
   std::string node_id_, state_dir_, allowed_root_;
   attach::AttachChoice attach_choice_;
+  bool shared_gateway_ = false;  // --shared-gateway
 };
 
 }  // namespace rbdgw::csi
