@@ -11,7 +11,11 @@
 // connection to the same socket until the server is back (or the reconnect
 // timeout passes, then EIO). NBD reads and writes are idempotent, so a
 // retried request is safe; fsync maps to NBD FLUSH, so what the filesystem
-// above flushed survives a kill -9 of the server.
+// above flushed survives a kill -9 of the server. A write is acknowledged
+// to the kernel only when the server has answered it, so the FLUSH of an
+// fsync is sent after every write the kernel had completed; with several
+// connections the server must allow multi-conn (checked; else one is
+// used), so that a FLUSH on one covers the writes answered on the others.
 //
 // Once a request has given up after the reconnect timeout, later requests
 // do not each wait it out again: each makes one connect attempt and fails
@@ -21,13 +25,16 @@
 //
 // SIGUSR2 says "the gateway is gone for good" (for a forced unmap):
 // every request waiting to reconnect, every request in flight on a
-// connection (their sockets are shut down, also when the server hangs
-// rather than died) and every later one fails with EIO at once, without
+// connection (each connection's I/O thread shuts its socket down, also
+// when the server hangs rather than died: libnbd then completes all of
+// that connection's commands with an error) and every later one fails
+// with EIO at once, without
 // another connect attempt, and fsync fails too; logged once. There is no
 // way back: the loop device and the FUSE mount can then be torn down
 // (`losetup -d`, `fusermount3 -u`), and the exporter exits on unmount.
 // Writes not yet flushed are lost. Not interrupted: a connect whose NBD
-// handshake hangs (a server that accepts and never answers).
+// handshake hangs (a server that accepts and never answers), and the
+// requests of that connection waiting for it.
 //
 // Hole punch (FALLOC_FL_PUNCH_HOLE) and FALLOC_FL_ZERO_RANGE both leave
 // zeros: they are sent as NBD WRITE_ZEROES (punch: trim allowed; zero
@@ -226,7 +233,8 @@ class Conn {
   Conn& operator=(const Conn&) = delete;
 
   std::int64_t size() const { return size_; }
-  bool broken() { return nbd_aio_is_dead(h_) == 1 || nbd_aio_is_closed(h_) == 1; }
+  bool dead() { return nbd_aio_is_dead(h_) == 1 || nbd_aio_is_closed(h_) == 1; }
+  bool broken() { return retired_ || dead(); }
   void wake() {
     const std::uint64_t one = 1;
     [[maybe_unused]] ssize_t r = ::write(efd_, &one, sizeof one);
@@ -260,7 +268,12 @@ class Conn {
     if (w->err == 0) return 0;
     why->assign(std::strerror(w->err));
     // libnbd completes the commands of a handle that died with ENOTCONN,
-    // possibly before the handle reads as dead.
+    // possibly before the handle reads as dead. ESHUTDOWN is the server's
+    // "shutting down" (a gateway stopped cleanly, SIGTERM): no error of the
+    // request; it is retried on a new connection like one that broke.
+    // Its other commands may never be answered: the I/O thread shuts the
+    // socket down (they fail and are retried too; the server can exit).
+    if (w->err == ESHUTDOWN && !retired_.exchange(true)) wake();
     if (w->err != ENOTCONN && !broken() && !gateway_gone) return -w->err;
     return 1;
   }
@@ -271,17 +284,17 @@ class Conn {
   // handle dies and libnbd completes every command in flight with an error.
   void shut_down() {
     std::lock_guard lk(m_);
-    if (!shut_ && !broken() && fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+    if (!shut_ && !dead() && fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
     shut_ = true;
   }
 
   void run() {
     while (!stop_) {
-      if (gateway_gone && !shut_) shut_down();
+      if ((gateway_gone || retired_) && !shut_) shut_down();
       pollfd fds[2] = {{efd_, POLLIN, 0}, {fd_, 0, 0}};
       nfds_t n = 1;
       unsigned dir = 0;
-      if (!broken()) {  // a dead handle's socket is closed: wait for stop_
+      if (!dead()) {  // a dead handle's socket is closed: wait for stop_
         dir = nbd_aio_get_direction(h_);
         if (dir & LIBNBD_AIO_DIRECTION_READ) fds[1].events |= POLLIN;
         if (dir & LIBNBD_AIO_DIRECTION_WRITE) fds[1].events |= POLLOUT;
@@ -308,6 +321,7 @@ class Conn {
   std::mutex m_;
   bool shut_ = false;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> retired_{false};  // the server said it shuts down
   std::thread io_;
 };
 
