@@ -128,6 +128,9 @@ void say(const std::string& msg) { std::fprintf(stderr, "rbdgw-fuse: %s\n", msg.
 // Export properties, refreshed on every (re)connect.
 std::atomic<std::int64_t> export_size{0};
 std::atomic<bool> can_flush{false}, can_zero{false};
+// The largest read or write the server takes (its NBD maximum block size;
+// without one, the spec's 32 MiB): a larger FUSE request is split.
+std::atomic<std::uint32_t> max_request{32u << 20};
 
 // Set by SIGUSR2 (never cleared): every request fails with EIO at once.
 // Reconnect sleeps wait on gone_cv so that they end when it is set.
@@ -173,6 +176,8 @@ nbd_handle* connect_once(std::string* why) {
   if (old != 0 && old != size) say("export size changed from " + std::to_string(old) + " to " + std::to_string(size));
   can_flush = nbd_can_flush(h) == 1;
   can_zero = nbd_can_zero(h) == 1;
+  const std::int64_t max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+  max_request = max > 0 ? static_cast<std::uint32_t>(std::min<std::int64_t>(max, 32 << 20)) : 32u << 20;
   return h;
 }
 
@@ -501,23 +506,36 @@ std::size_t clamp(std::size_t size, off_t off) {
   return static_cast<std::size_t>(std::min<std::int64_t>(static_cast<std::int64_t>(size), end - off));
 }
 
+// Runs one(offset, length) over [off, off+n) in pieces the server takes.
+template <typename One>
+int in_pieces(std::size_t n, off_t off, One one) {
+  for (std::size_t done = 0; done < n;) {
+    const std::size_t len = std::min<std::size_t>(n - done, max_request.load());
+    if (int r = one(done, static_cast<std::uint64_t>(off) + done, len); r < 0) return r;
+    done += len;
+  }
+  return static_cast<int>(n);
+}
+
 int fs_read(const char*, char* buf, std::size_t size, off_t off, fuse_file_info*) {
   const std::size_t n = clamp(size, off);
   if (n == 0) return 0;
-  int r = with_connection([&](nbd_handle* h, nbd_completion_callback cb) {
-    return nbd_aio_pread(h, buf, n, static_cast<uint64_t>(off), cb, 0);
+  return in_pieces(n, off, [&](std::size_t at, std::uint64_t pos, std::size_t len) {
+    return with_connection([&](nbd_handle* h, nbd_completion_callback cb) {
+      return nbd_aio_pread(h, buf + at, len, pos, cb, 0);
+    });
   });
-  return r < 0 ? r : static_cast<int>(n);
 }
 
 int fs_write(const char*, const char* buf, std::size_t size, off_t off, fuse_file_info*) {
   if (opts.read_only) return -EROFS;
   const std::size_t n = clamp(size, off);
   if (n == 0) return size == 0 ? 0 : -ENOSPC;
-  int r = with_connection([&](nbd_handle* h, nbd_completion_callback cb) {
-    return nbd_aio_pwrite(h, buf, n, static_cast<uint64_t>(off), cb, 0);
+  return in_pieces(n, off, [&](std::size_t at, std::uint64_t pos, std::size_t len) {
+    return with_connection([&](nbd_handle* h, nbd_completion_callback cb) {
+      return nbd_aio_pwrite(h, buf + at, len, pos, cb, 0);
+    });
   });
-  return r < 0 ? r : static_cast<int>(n);
 }
 
 int fs_fsync(const char*, int, fuse_file_info*) {
