@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/attach/many-volumes.sh [-n N | --100] [--encrypted | --shared]
+# bench/attach/many-volumes.sh [-n N | --100] [--encrypted] [--shared | --map-shared]
 #
 # What each mapped volume costs on a node: starts a throwaway memstore
 # cluster (tests/cluster/ceph-cluster.sh), creates N images (N=20, or 100
@@ -19,19 +19,22 @@
 # device (--direct-io=on), as the userspace path has. Levers:
 # BENCH_NBDKIT_ARGS (e.g. "-t 4": nbdkit's threads are per connection),
 # BENCH_FUSE_ARGS (e.g. "--connections 2 --threads 2").
+# --map-shared: `rbdgw map --shared-gateway` (the product's shared gateway:
+# one per kind, lib/attach/step_shared_gateway.cpp); with --encrypted too.
 # Leaves nothing behind (unmaps, stops the cluster, removes its directory).
 # Uses the build in $RBDGW_BUILD_DIR (default: build/ in the source tree).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
-n=20 encrypted= shared=
+n=20 encrypted= shared= mapargs=()
 while [ $# -gt 0 ]; do
   case $1 in
     -n) n=$2; shift 2 ;;
     --100) n=100; shift ;;
     --encrypted) encrypted=1; shift ;;
     --shared) shared=1; shift ;;
-    *) echo "usage: many-volumes.sh [-n N | --100] [--encrypted | --shared]" >&2; exit 2 ;;
+    --map-shared) mapargs=(--shared-gateway); shift ;;
+    *) echo "usage: many-volumes.sh [-n N | --100] [--encrypted] [--shared | --map-shared]" >&2; exit 2 ;;
   esac
 done
 build=$(cd "${RBDGW_BUILD_DIR:-$src/build}" && pwd)
@@ -114,7 +117,7 @@ if [ -n "$shared" ]; then
 fi
 map_one() {
   if [ -n "$shared" ]; then map_shared "$1"; return; fi
-  "$rbdgw" --run-root "$run_root" map "rbd/vol$1" --attach userspace "${enc[@]}" >/dev/null 2>"$dir/map.log" ||
+  "$rbdgw" --run-root "$run_root" map "rbd/vol$1" --attach userspace "${enc[@]}" "${mapargs[@]}" >/dev/null 2>"$dir/map.log" ||
     { cat "$dir/map.log" >&2; exit 1; }
 }
 unmap_one() {
@@ -176,7 +179,7 @@ report() {  # report LABEL "gwline\nfuline" [per]
     printf "%-22s gateways %3d procs %8.1f MiB %5d thr | exporters %3d procs %8.1f MiB %5d thr | per volume %6.1f MiB %5.1f thr\n",
       l, gc, gr/1024, gt, fc, fr/1024, ft, (gr+fr)/1024/per, (gt+ft)/per }'
 }
-echo "many-volumes: $n volumes$([ -n "$encrypted" ] && echo ' (encrypted)')$([ -n "$shared" ] && echo " through ONE shared gateway (nbdkit ${BENCH_NBDKIT_ARGS:-} exports-dir; rbdgw-fuse ${BENCH_FUSE_ARGS:-})"), userspace attach, memstore cluster"
+echo "many-volumes: $n volumes$([ -n "$encrypted" ] && echo ' (encrypted)')$([ ${#mapargs[@]} -gt 0 ] && echo ' (rbdgw map --shared-gateway)')$([ -n "$shared" ] && echo " through ONE shared gateway (nbdkit ${BENCH_NBDKIT_ARGS:-} exports-dir; rbdgw-fuse ${BENCH_FUSE_ARGS:-})"), userspace attach, memstore cluster"
 printf 'map all:   %.1f s (%.2f s per volume)\n' "$(echo "$t1 - $t0" | bc)" "$(echo "($t1 - $t0) / $n" | bc -l)"
 printf 'unmap all: %.1f s (%.2f s per volume)\n' "$(echo "$t3 - $t2" | bc)" "$(echo "($t3 - $t2) / $n" | bc -l)"
 [ -z "$shared" ] || report "gateway alone (0)" "$at_0" 1
