@@ -10,7 +10,10 @@
 # Each config maps rbd/bench (`rbdgw map --attach userspace`) and runs the
 # four jobs of run.sh on the export (fio nbd) and the bare loop device;
 # prints medians over the rounds with CPU (gateway + exporter) per GiB or
-# per 1000 I/Os. Leaves nothing behind.
+# per 1000 I/Os, and the thread counts (ps -o nlwp) of gateway and exporter
+# after the 4K random read on the loop device. BENCH_FUSE_BIN=PATH runs
+# another rbdgw-fuse binary (an A/B of old and new code). Leaves nothing
+# behind.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
@@ -62,7 +65,7 @@ cpu_ticks() {
 real_losetup=$(command -v losetup) real_nbdkit=$(command -v nbdkit)
 # map_with CONFIG-BODY: rbdgw map with that config's wrappers.
 map_with() {
-  local body=$1 kv dio= fa= na= pa=
+  local body=$1 kv dio= fa= na= pa= fb=$fuse
   IFS=',' read -ra kvs <<<"$body"
   for kv in "${kvs[@]}"; do
     case $kv in
@@ -70,6 +73,7 @@ map_with() {
       BENCH_FUSE_ARGS=*) fa=${kv#*=} ;;
       BENCH_NBDKIT_ARGS=*) na=${kv#*=} ;;
       BENCH_PLUGIN_ARGS=*) pa=${kv#*=} ;;
+      BENCH_FUSE_BIN=*) fb=${kv#*=} ;;
       "") ;;
       *) echo "levers.sh: unknown lever '$kv'" >&2; exit 2 ;;
     esac
@@ -77,7 +81,7 @@ map_with() {
   local bin=$dir/bin.$RANDOM
   mkdir -p "$bin"
   printf '#!/bin/bash\na=()\nfor x; do case $x in image=*) a+=("$x" %s) ;; *) a+=("$x") ;; esac; done\nexec %s %s "${a[@]}"\n' "$pa" "$real_nbdkit" "$na" >"$bin/nbdkit"
-  printf '#!/bin/sh\nexec %q %s "$@"\n' "$fuse" "$fa" >"$bin/fuse"
+  printf '#!/bin/sh\nexec %q %s "$@"\n' "$fb" "$fa" >"$bin/fuse"
   if [ -n "$dio" ]; then
     printf '#!/bin/bash\na=()\nfor x; do case $x in --direct-io=*) a+=(--direct-io=%s) ;; *) a+=("$x") ;; esac; done\nexec %s "${a[@]}"\n' "$dio" "$real_losetup" >"$bin/losetup"
   else
@@ -114,15 +118,18 @@ v, per = (d["bw"] / 1024, cpu / (d["io_bytes"] / 2**30)) if bs == "1M" else (d["
 print(name, col, row, rnd, f"{v:.0f}", f"{per:.3f}")
 PY
         log "$(tail -1 "$dir/results")"
+        if [ $col = loop ] && [ $row = r4k ]; then
+          echo "$name $round $(ps -o nlwp= -p "$gw" | tr -d ' ') $(ps -o nlwp= -p "$fu" | tr -d ' ')" >>"$dir/threads"
+        fi
       done
     done
     "$rbdgw" --run-root "$run_root" unmap rbd/bench >/dev/null
     mapped=
   done
 done
-python3 - "$dir/results" "$(cut -d' ' -f1-3 /proc/loadavg)" "$runtime" "$rounds" "$@" <<'PY' | tee "$out"
+python3 - "$dir/results" "$(cut -d' ' -f1-3 /proc/loadavg)" "$runtime" "$rounds" "$dir/threads" "$@" <<'PY' | tee "$out"
 import statistics, sys
-res, load, runtime, rounds, *cfgs = sys.argv[1:]
+res, load, runtime, rounds, thr, *cfgs = sys.argv[1:]
 r = {}
 for l in open(res):
     n, c, row, rnd, v, per = l.split()
@@ -140,5 +147,11 @@ for key, title, unit in rows:
         cells += [f"{me:.0f} ({ce:.2f})", f"{ml:.0f} ({cl:.2f})", f"{ml / me:.2f}x"]
     print(f"| {title} {unit} | " + " | ".join(cells) + " |")
 print(f"\nmedians of {rounds} interleaved rounds, {runtime} s per job; (CPU s/GiB or s/kIO, gateway+exporter); load {load}")
+t = {}
+for l in open(thr):
+    n, rnd, g, f = l.split()
+    t.setdefault(n, []).append((int(g), int(f)))
+print("threads after 4K randread on the loop device (gateway + exporter, nlwp): " + "; ".join(
+    f"{n} {statistics.median(x[0] for x in t[n]):.0f} + {statistics.median(x[1] for x in t[n]):.0f}" for n in names if n in t))
 print("configs: " + "; ".join(cfgs))
 PY
