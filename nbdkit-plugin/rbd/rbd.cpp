@@ -21,12 +21,12 @@
 // exports-dir=DIR (instead of image=): one gateway serves many images, each
 // as its own NBD export, on ONE RADOS client (connected in .after_fork).
 // The export a client asks for names a registry file DIR/NAME written by
-// whoever maps volumes (lib/attach/shared_gateway), read at .open:
+// whoever maps volumes (lib/attach/step_shared_gateway.cpp), read at .open:
 // "image=POOL[/NS]/IMAGE[@SNAP]" and optionally "read-only=true". An
 // export's image is opened on its first connection and closed (its lock
 // let go) when its last connection closes; its connections share the
-// handle. exclusive=true takes each image's exclusive lock for good on
-// open, per image. One export's bad input (no registry file, a missing
+// handle. exclusive=true takes each read-write image's exclusive lock for
+// good on open, per image (a read-only=true export takes none). One export's bad input (no registry file, a missing
 // image, an image another client holds) fails only that export's open.
 // Encryption is not offered in this mode yet (the registry refuses it).
 #define NBDKIT_API_VERSION 2
