@@ -24,7 +24,8 @@
 // connections and dropped, key wiped, with its last connection; the
 // passphrase is wiped right after the unlock. A missing, refused or wrong
 // passphrase, or a name that is no volume id, fails only that connection's
-// open and is tried afresh at the next one.
+// open and is tried afresh at the next one (a wrong passphrase only once its
+// store entry or the header changed: no PBKDF run per retry).
 //
 // Thread model: the filter adds no restriction (the plugin's model holds).
 // PBKDF runs (libcryptsetup, which is not known to be thread-safe, and
@@ -32,6 +33,7 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-filter.h>
 #include <openssl/crypto.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -94,6 +96,28 @@ std::map<std::string, std::shared_ptr<Slot>> slots;  // guarded by slots_mu
 
 // Held around every PBKDF run (luks::unlock).
 std::mutex unlock_mu;
+
+// passphrase-store mode: the wrong passphrases, by export: the header
+// (fingerprint) and the store file (identity) it was found wrong for. A
+// client retrying the open (rbdgw-fuse reconnects every 0.5 s) is refused
+// the same way without a PBKDF run under unlock_mu, which every other
+// export's first open waits for, until the store entry or the header
+// changes. Nothing secret is kept (no byte of the passphrase).
+struct FileId {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = 0;
+  std::int64_t mtime_s = 0, mtime_ns = 0, ctime_s = 0, ctime_ns = 0;
+  bool operator==(const FileId&) const = default;
+};
+struct WrongPassphrase {
+  std::vector<std::uint8_t> fp;
+  FileId file;
+  std::string message;
+};
+constexpr std::size_t max_wrong = 1024;  // names that reached a PBKDF run
+std::mutex wrong_mu;
+std::map<std::string, WrongPassphrase> wrong;  // guarded by wrong_mu
 
 struct Handle {
   std::string object;  // the export below, for messages
@@ -317,6 +341,24 @@ std::shared_ptr<Volume> unlock_export_locked(NextDevice& dev, Handle& h, std::ui
   std::lock_guard lock(h.slot->mu);
   if (auto v = h.slot->vol.lock(); v && v->fingerprint == fp) return v;
 
+  // The store file's identity, taken before it is read: a file replaced in
+  // between only costs a PBKDF run more, never refuses a good passphrase.
+  std::optional<FileId> file;
+  {
+    struct stat st;
+    const std::string path = cat(passphrase_store, "/", h.name, ".passphrase");
+    if (::lstat(path.c_str(), &st) == 0)
+      file = FileId{st.st_dev, st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+                    st.st_ctim.tv_sec, st.st_ctim.tv_nsec};
+  }
+  if (file) {
+    std::lock_guard lock(wrong_mu);
+    auto it = wrong.find(h.name);
+    if (it != wrong.end() && it->second.fp == fp && it->second.file == *file)
+      throw Error(EPERM, cat(it->second.message, " (not tried again: neither its entry in the "
+                             "secret store nor the header changed since)"));
+  }
+
   std::optional<SecretBuffer> pw;
   try {
     pw = attach::load_secret(h.name, "passphrase", passphrase_store);
@@ -330,7 +372,22 @@ std::shared_ptr<Volume> unlock_export_locked(NextDevice& dev, Handle& h, std::ui
   if (pw->empty())
     throw Error(EINVAL, cat(h.object, ": the passphrase in the secret store ", passphrase_store,
                             " is empty"));
-  auto vol = make_volume(dev, h.object, dev_size, std::move(fp), *pw);
+  std::vector<std::uint8_t> header = fp;
+  std::shared_ptr<Volume> vol;
+  try {
+    vol = make_volume(dev, h.object, dev_size, std::move(fp), *pw);
+  } catch (const Error& e) {
+    if (e.code() == EPERM && file) {
+      std::lock_guard lock(wrong_mu);
+      if (wrong.size() >= max_wrong) wrong.clear();
+      wrong[h.name] = WrongPassphrase{std::move(header), *file, e.what()};
+    }
+    throw;
+  }
+  {
+    std::lock_guard lock(wrong_mu);
+    wrong.erase(h.name);
+  }
   h.slot->vol = vol;
   return vol;
 }
@@ -362,6 +419,10 @@ void luks2_unload() {
   {
     std::lock_guard lock(slots_mu);
     slots.clear();
+  }
+  {
+    std::lock_guard lock(wrong_mu);
+    wrong.clear();
   }
   std::lock_guard lock(volume_mu);
   last_volume.reset();
