@@ -260,10 +260,12 @@ void prefetch_header(Prefetch& p, const std::string& object) {
 }
 
 // Unlocks the header on dev with pass (one PBKDF run, serialised; the
-// header is read before), wiping pass right after.
+// header is read before), wiping pass right after. *wrong_pass (when given)
+// is set when the passphrase opened no keyslot, and only then (never for an
+// error reading the export below).
 std::shared_ptr<Volume> make_volume(NextDevice& dev, const std::string& object,
                                     std::uint64_t dev_size, std::vector<std::uint8_t> fp,
-                                    SecretBuffer& pass) {
+                                    SecretBuffer& pass, bool* wrong_pass = nullptr) {
   Prefetch prefetched([&](std::span<std::uint8_t> buf, std::uint64_t off) {
     if (off >= dev_size) return std::size_t{0};
     const std::size_t n = std::min<std::uint64_t>(buf.size(), dev_size - off);
@@ -279,6 +281,12 @@ std::shared_ptr<Volume> make_volume(NextDevice& dev, const std::string& object,
       auto r = luks::unlock(reader, object, pass);
       pass.clear();
       return r;
+    } catch (const Error& e) {
+      // The header's reads are served from the copy made above: EPERM is
+      // libcryptsetup's "no keyslot matched" (detail::throw_passphrase_error).
+      if (wrong_pass && e.code() == EPERM) *wrong_pass = true;
+      pass.clear();
+      throw;
     } catch (...) {
       pass.clear();
       throw;
@@ -374,10 +382,11 @@ std::shared_ptr<Volume> unlock_export_locked(NextDevice& dev, Handle& h, std::ui
                             " is empty"));
   std::vector<std::uint8_t> header = fp;
   std::shared_ptr<Volume> vol;
+  bool wrong_pass = false;
   try {
-    vol = make_volume(dev, h.object, dev_size, std::move(fp), *pw);
+    vol = make_volume(dev, h.object, dev_size, std::move(fp), *pw, &wrong_pass);
   } catch (const Error& e) {
-    if (e.code() == EPERM && file) {
+    if (wrong_pass && file) {
       std::lock_guard lock(wrong_mu);
       if (wrong.size() >= max_wrong) wrong.clear();
       wrong[h.name] = WrongPassphrase{std::move(header), *file, e.what()};
