@@ -29,15 +29,25 @@
 // another client took meanwhile is never served again from this node's
 // stale view (its exporter's I/O fails after its reconnect timeout), while
 // the others recover.
+//
+// A fence of one volume (rbd lock rm blocklists the lock's client) fences
+// the live shared gateway's one RADOS client, so every volume on it: readopt
+// asks the OSD blocklist for the volume's recorded client, replaces the
+// gateway for a volume whose lock that client still holds, and refuses
+// (ESTALE) the volume whose lock it lost (collateral_of_a_fence).
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <rados/librados.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "attach/secret_store.hpp"
 #include "attach/steps.hpp"
@@ -311,19 +321,117 @@ void shared_lock_run(Context& c) {
   c.save();
 }
 
+namespace {
+// An address without its messenger prefix ("v1:", "v2:", "any:").
+std::string bare_addr(std::string a) {
+  for (const char* p : {"any:", "v1:", "v2:"})
+    if (a.rfind(p, 0) == 0) return a.substr(std::strlen(p));
+  return a;
+}
+
+// Whether the OSD blocklist holds `client` (osd blocklist ls); nullopt when
+// the monitors do not say (a cephx user without the cap): nothing known.
+std::optional<bool> blocklisted(const rbd::Cluster& cluster, const std::string& client) {
+  const char* cmd[] = {R"({"prefix": "osd blocklist ls", "format": "json"})"};
+  char *out = nullptr, *outs = nullptr;
+  size_t outlen = 0, outslen = 0;
+  const int r = rados_mon_command(cluster.handle(), cmd, 1, "", 0, &out, &outlen, &outs, &outslen);
+  const std::string body = out ? std::string(out, outlen) : std::string();
+  const std::string why = outs ? std::string(outs, outslen) : std::string();
+  if (out) rados_buffer_free(out);
+  if (outs) rados_buffer_free(outs);
+  if (r < 0) {
+    log::warn("cannot list the OSD blocklist (", Error(-r, why).what(), "): a fence of the shared "
+              "gateway's client ", client, " goes unnoticed");
+    return std::nullopt;
+  }
+  // The addresses, then (Reef and later) the address ranges: "[...][...]".
+  nlohmann::json j;
+  try {
+    std::istringstream in(body);
+    in >> j;  // the first value only
+  } catch (const nlohmann::json::exception&) {
+  }
+  if (!j.is_array()) {
+    log::warn("the OSD blocklist is no JSON list ('", body.substr(0, 80), "'): a fence of the shared "
+              "gateway's client ", client, " goes unnoticed");
+    return std::nullopt;
+  }
+  const std::string want = bare_addr(client);
+  for (const auto& e : j)
+    if (e.is_object() && e.contains("addr") && e["addr"].is_string() &&
+        bare_addr(e["addr"].get<std::string>()) == want)
+      return true;
+  return false;
+}
+
+// A fence of the shared gateway's one RADOS client (rbd lock rm of any of
+// its volumes, a controller's fence: librbd blocklists the lock's client)
+// fails the I/O of every volume on it while the gateway lives on. For a
+// read-write volume s whose recorded client s.gateway_client is on the
+// blocklist: when its lock is still that client's (the fence was of
+// another volume: nobody can have written this one since), true: its
+// gateway must be replaced; when the lock is now the live shared gateway's
+// (a new one already took it over), false; otherwise this volume's lock
+// was broken (it was the one fenced), and whether or not another client
+// took it since, this node's view must never reach the image again:
+// Error(ESTALE). False for a client not (or not known to be) blocklisted.
+bool collateral_of_a_fence(const Stash& s, const std::optional<SecretBuffer>& key) {
+  if (s.read_only || s.gateway_client.empty()) return false;
+  auto cluster = rbd::Cluster::connect(cluster_options(s, key));
+  if (blocklisted(cluster, s.gateway_client) != true) return false;
+  auto img = rbd::Image::open(cluster, rbd::ImageSpec::parse(s.image), rbd::Image::Mode::read_only);
+  const auto o = rbd::lock_owner(img);
+  if (o && o->client == s.gateway_client) return true;
+  const ProcessRef g = shared_gateway_process(s);
+  if (o && o->holder && alive(g) && o->holder->pid == g.pid && o->holder->node == s.node) return false;
+  // Another client held it since: refused naming it (as for a dead gateway).
+  refuse_if_taken_since(s, key ? &*key : nullptr);
+  throw Error(ESTALE, cat("volume ", s.volume_id, " (", s.image, "): its shared gateway's RADOS client ",
+                          s.gateway_client, " was fenced (blocklisted) and the volume's exclusive lock is "
+                          "no longer its (",
+                          "broken, and nobody has held it since",
+                          "): this node's cached writes are stale and must never reach the image, so it "
+                          "is not served again. Unmap it with --force (rbdgw unmap --force), which "
+                          "discards them"));
+}
+}  // namespace
+
 void shared_readopt(Stash& s, const AttachOptions& o, const std::function<void()>& save) {
-  if (gateway_up(s) && shared_gateway_process(s) == s.gateway) return;
+  // Up: a live gateway with this volume's entry; fine unless it was fenced
+  // (asked of the cluster; when that cannot be told, up stays fine).
+  const bool up = gateway_up(s) && shared_gateway_process(s) == s.gateway;
   std::optional<SecretBuffer> key;
-  if (s.encrypted && !load_secret(s.volume_id, kPassphrase))
+  if (s.encrypted && !load_secret(s.volume_id, kPassphrase)) {
+    if (up) return;
     throw Error(ENOKEY, cat("volume ", s.volume_id, ": passphrase not in the secret store ", secret_root(),
                             "; detach it and attach again"));
-  if (s.cephx_key_in_keyring && !(key = load_secret(s.volume_id, kCephx)))
+  }
+  if (s.cephx_key_in_keyring && !(key = load_secret(s.volume_id, kCephx))) {
+    if (up) return;
     throw Error(ENOKEY, cat("volume ", s.volume_id, ": cephx key not in the secret store ", secret_root(),
                             "; detach it and attach again"));
+  }
+  bool fenced = false;
+  try {
+    fenced = collateral_of_a_fence(s, key);
+  } catch (const Error& e) {
+    if (!up || e.code() == ESTALE) throw;
+    log::warn("volume ", s.volume_id, ": cannot tell whether its shared gateway was fenced: ", e.what());
+  }
+  if (up && !fenced) return;
   {
     const SharedLock lock(s.shared_dir, true);
     ProcessRef g = shared_gateway_process(s);
-    if (!(gateway_up(s) && g == s.gateway)) {
+    if (fenced && alive(g) && g == s.gateway) {
+      // The fenced gateway itself: replaced (an empty registry, each
+      // volume registers again through its own readopt).
+      progress(o, cat("volume ", s.volume_id, ": the shared gateway ", s.shared_dir, " (pid ", g.pid,
+                      ") was fenced (its RADOS client ", s.gateway_client, " is blocklisted): replacing it"));
+      stop_process(g, 10s);
+      g = {};
+    }
+    if (fenced || !(gateway_up(s) && g == s.gateway)) {
       // The old gateway's lock must still be ours (or free, its record
       // naming it) before this volume is served again.
       refuse_if_taken_since(s, key ? &*key : nullptr);
