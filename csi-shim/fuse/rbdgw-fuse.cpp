@@ -442,16 +442,23 @@ void write_size_file() {
     say(opts.size_file + ": " + std::strerror(errno));
 }
 
-// Serves SIGUSR1 and SIGUSR2 (blocked in every thread): SIGUSR1 re-reads
-// the size on a new connection (which updates export_size), SIGUSR2
-// declares the gateway gone.
-void signal_loop(sigset_t set) {
+// Size refreshes asked for by SIGUSR1 and not yet started (done by
+// refresh_loop, so that a connect hanging on a hung gateway never keeps
+// signal_loop from serving SIGUSR2). Never destroyed: refresh_loop waits
+// on them until the process exits (destroying a waited-on condition
+// variable at exit blocks the exit).
+std::mutex& refresh_m = *new std::mutex;
+std::condition_variable& refresh_cv = *new std::condition_variable;
+bool refresh_asked = false;
+
+// Re-reads the size on a new connection (which updates export_size), once
+// per burst of SIGUSR1.
+void refresh_loop() {
   for (;;) {
-    int sig = 0;
-    if (sigwait(&set, &sig) != 0) continue;
-    if (sig == SIGUSR2) {
-      declare_gone();
-      continue;
+    {
+      std::unique_lock lk(refresh_m);
+      refresh_cv.wait(lk, [] { return refresh_asked; });
+      refresh_asked = false;
     }
     if (gateway_gone) {
       say("size refresh: the gateway is gone (SIGUSR2)");
@@ -466,6 +473,25 @@ void signal_loop(sigset_t set) {
     nbd_close(h);
     say("export size is " + std::to_string(export_size.load()) + " bytes");
     write_size_file();
+  }
+}
+
+// Serves SIGUSR1 and SIGUSR2 (blocked in every thread): SIGUSR1 asks
+// refresh_loop for a size refresh, SIGUSR2 declares the gateway gone.
+void signal_loop(sigset_t set) {
+  std::thread(refresh_loop).detach();
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0) continue;
+    if (sig == SIGUSR2) {
+      declare_gone();
+      continue;
+    }
+    {
+      std::lock_guard lk(refresh_m);
+      refresh_asked = true;
+    }
+    refresh_cv.notify_one();
   }
 }
 
