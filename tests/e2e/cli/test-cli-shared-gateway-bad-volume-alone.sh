@@ -19,6 +19,24 @@ printf 'other one\n' >"$TEST_TMP/pass2"
 printf 'wrong one\n' >"$TEST_TMP/wrong"
 chmod 600 "$TEST_TMP/pass" "$TEST_TMP/pass2" "$TEST_TMP/wrong"
 map() { cli map "$@" --conf "$CEPH_CONF" --shared-gateway; }
+# On failure, what is needed to tell why (run before the unmaps of the
+# cleanup, which remove the shared dirs and their logs): the gateways and
+# exporters, the run root, each shared gateway's log, the last expected
+# failure's stderr and the writers' errors.
+exec 9>&2
+_diag() {
+  [ "${rc:-0}" != 0 ] || return 0
+  {
+    echo "--- diagnostics of the failure (exit $rc)"
+    ps -eo pid,ppid,stat,etimes,wchan:24,args | grep "$RUN_ROOT" | grep -v grep
+    ls -laR "$RUN_ROOT"
+    for l in "$RUN_ROOT"/@shared-*/gateway.log "$RUN_ROOT"/*/fuse.log; do
+      [ -e "$l" ] && { echo "--- $l"; tail -40 "$l"; }
+    done
+    for f in err werr; do [ -s "$TEST_TMP/$f" ] && { echo "--- $f"; cat "$TEST_TMP/$f"; }; done
+  } >&9 2>&1
+}
+cleanup_fn _diag
 
 map "rbd/$good" --mount "$TEST_TMP/m1" >/dev/null
 map "rbd/$enc" --mount "$TEST_TMP/m2" --passphrase-file "$TEST_TMP/pass" --pbkdf pbkdf2:1000 >/dev/null
@@ -32,13 +50,19 @@ writer() {  # writes and fsyncs until told to stop; any error is recorded
     dd if=/dev/urandom of="$m/f$((k % 8))" bs=64K count=1 conv=fsync status=none 2>>"$TEST_TMP/werr" ||
       echo "write $k on $m failed" >>"$TEST_TMP/werr"
     k=$((k + 1))
-    echo $k >"$m.count"
+    # Renamed into place: a reader never sees it truncated and empty.
+    echo $k >"$m.count.tmp" && mv -f "$m.count.tmp" "$m.count"
   done
 }
 : >"$TEST_TMP/werr"
 writer "$TEST_TMP/m1" & w1=$!
 writer "$TEST_TMP/m2" & w2=$!
-sleep 1
+cleanup_fn "touch '$TEST_TMP/stop'; kill $w1 $w2"  # on a failure
+for ((i = 0; i < 600; i++)); do  # each writer's first write done
+  [ -s "$TEST_TMP/m1.count" ] && [ -s "$TEST_TMP/m2.count" ] && break
+  sleep 0.1
+done
+[ -s "$TEST_TMP/m1.count" ] && [ -s "$TEST_TMP/m2.count" ] || fail "a writer did not write once in 60 s"
 entries() { ls "$RUN_ROOT"/@shared-*/exports/ 2>/dev/null | sort; }
 before=$(entries)
 
