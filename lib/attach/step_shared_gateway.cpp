@@ -186,6 +186,39 @@ std::vector<std::string> shared_argv(const Tools& t, const Stash& s, bool with_k
   return v;
 }
 
+// What a gateway that is not ready is doing, for the error (a start that
+// hangs says nothing in its log): its state, each thread's name and kernel
+// wait channel, and which of its pid file and socket are there.
+std::string not_ready_state(const ProcessRef& g, const Stash& s) {
+  auto first_line = [](const std::string& path) {
+    std::ifstream f(path);
+    std::string l;
+    std::getline(f, l);
+    return l.empty() ? std::string("-") : l;
+  };
+  const std::string proc = cat("/proc/", g.pid);
+  const std::string stat = first_line(proc + "/stat");
+  const auto paren = stat.rfind(')');
+  const std::string state =
+      paren != std::string::npos && paren + 2 < stat.size() ? stat.substr(paren + 2, 1) : "?";
+  std::string out = cat("pid ", g.pid, " state ", state, "; threads:");
+  std::error_code ec;
+  int n = 0;
+  for (const auto& t : fs::directory_iterator(proc + "/task", ec)) {
+    if (++n > 24) {
+      out += " ...";
+      break;
+    }
+    out += cat(" ", first_line((t.path() / "comm").string()), "(",
+               first_line((t.path() / "wchan").string()), ")");
+  }
+  const std::string pid_file = nbdkit_pid_file_of(s.shared_dir);
+  struct stat st;
+  out += cat("; ", pid_file, ::stat(pid_file.c_str(), &st) == 0 ? cat(" ", st.st_size, " bytes") : " absent",
+             ", socket ", ::stat(s.socket.c_str(), &st) == 0 ? "present" : "absent");
+  return out;
+}
+
 // Starts the shared gateway of s.shared_dir (the caller holds its lock) with
 // an empty registry. Returns it once its socket is up.
 ProcessRef start_shared(const Stash& s, const Tools& tools, const SecretBuffer* cephx_key,
@@ -217,6 +250,11 @@ ProcessRef start_shared(const Stash& s, const Tools& tools, const SecretBuffer* 
       return ::stat(nbdkit_pid_file_of(dir).c_str(), &st) == 0 && st.st_size > 0 &&
              ::stat(s.socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
     });
+  } catch (const Error& e) {
+    const std::string state = e.code() == ETIMEDOUT && alive(g) ? not_ready_state(g, s) : "";
+    stop_process(g, 10s);
+    if (state.empty()) throw;
+    throw Error(e.code(), cat(e.what(), "; the gateway was: ", state));
   } catch (...) {
     stop_process(g, 10s);
     throw;
