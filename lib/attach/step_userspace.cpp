@@ -26,8 +26,13 @@ void fuse_exporter_run(Context& c) {
   // stops taking discards and the kernel writes zeros where it must.
   auto argv = fuse_argv(c.o.tools, s.socket, s.fuse_file, "rbdgw:" + s.volume_id, s.read_only,
                         size_file(s), s.encrypted);
-  // A shared gateway serves the volume as the export named by its id.
-  if (!s.shared_dir.empty()) argv.insert(argv.begin() + 1, {"--export", s.volume_id});
+  // A shared gateway serves the volume as the export named by its id, on
+  // one connection: nbdkit starts its --threads workers per connection, so
+  // each connection of each volume costs the node's one gateway that many
+  // threads, and one aio connection already carries as many requests as
+  // they can serve (issue 13's per-volume cost).
+  if (!s.shared_dir.empty())
+    argv.insert(argv.begin() + 1, {"--export", s.volume_id, "--connections", "1"});
   s.fuse = spawn_detached(argv, s.run_dir + "/fuse.log", {}, fuse_pid_file(s));
   c.save();
   wait_ready(s.fuse, "FUSE exporter", s.run_dir + "/fuse.log", c.o.timeout,
