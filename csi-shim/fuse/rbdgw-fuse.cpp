@@ -184,9 +184,13 @@ nbd_handle* connect_once(std::string* why) {
   return h;
 }
 
-// One NBD request waiting for its reply. Shared between the request's
-// thread and libnbd's completion closure (whose free drops libnbd's
-// reference), so that neither outlives the other's use of it.
+// One NBD request waiting for its reply, on its request thread's stack:
+// that thread waits for the completion of every command it issued before
+// it returns (libnbd calls the completion exactly once for an issued
+// command, at the reply or when the handle dies or closes, and the
+// handle is closed only once no request holds its Conn), and the
+// completion touches the waiter only under its mutex. No allocation per
+// request.
 struct Waiter {
   std::mutex m;
   std::condition_variable cv;
@@ -195,15 +199,13 @@ struct Waiter {
 };
 
 int on_complete(void* user_data, int* error) {
-  auto& w = **static_cast<std::shared_ptr<Waiter>*>(user_data);
+  auto& w = *static_cast<Waiter*>(user_data);
   std::lock_guard lk(w.m);
   w.done = true;
   w.err = *error;
   w.cv.notify_one();
   return 1;  // retire the command
 }
-
-void free_waiter(void* user_data) { delete static_cast<std::shared_ptr<Waiter>*>(user_data); }
 
 class Conn;
 // Every live connection, for SIGUSR2.
@@ -253,9 +255,8 @@ class Conn {
   // or 1: the connection broke (or was shut down by SIGUSR2) under it.
   template <typename Submit>
   int run_request(Submit submit, std::string* why) {
-    auto w = std::make_shared<Waiter>();
-    nbd_completion_callback cb{.callback = on_complete, .user_data = new std::shared_ptr<Waiter>(w),
-                               .free = free_waiter};
+    Waiter w;
+    nbd_completion_callback cb{.callback = on_complete, .user_data = &w, .free = nullptr};
     int64_t cookie;
     {
       std::lock_guard lk(m_);  // against the shutdown of SIGUSR2 (see shut_down)
@@ -263,26 +264,26 @@ class Conn {
     }
     if (cookie == -1) {
       why->assign(nbd_get_error() ? nbd_get_error() : "request failed");
-      // A command not issued is not completed either (libnbd frees the
-      // closure); a handle that cannot take commands is a broken one.
+      // A command not issued is not completed either; a handle that
+      // cannot take commands is a broken one.
       const int err = nbd_get_errno();
       if (!broken() && !gateway_gone) return -(err ? err : EIO);
       return 1;
     }
     // The command may wait for the socket: let the I/O thread poll for it.
     if (nbd_aio_get_direction(h_) & LIBNBD_AIO_DIRECTION_WRITE) wake();
-    std::unique_lock lk(w->m);
-    w->cv.wait(lk, [&] { return w->done; });
-    if (w->err == 0) return 0;
-    why->assign(std::strerror(w->err));
+    std::unique_lock lk(w.m);
+    w.cv.wait(lk, [&] { return w.done; });
+    if (w.err == 0) return 0;
+    why->assign(std::strerror(w.err));
     // libnbd completes the commands of a handle that died with ENOTCONN,
     // possibly before the handle reads as dead. ESHUTDOWN is the server's
     // "shutting down" (a gateway stopped cleanly, SIGTERM): no error of the
     // request; it is retried on a new connection like one that broke.
     // Its other commands may never be answered: the I/O thread shuts the
     // socket down (they fail and are retried too; the server can exit).
-    if (w->err == ESHUTDOWN && !retired_.exchange(true)) wake();
-    if (w->err != ENOTCONN && !broken() && !gateway_gone) return -w->err;
+    if (w.err == ESHUTDOWN && !retired_.exchange(true)) wake();
+    if (w.err != ENOTCONN && !broken() && !gateway_gone) return -w.err;
     return 1;
   }
 
