@@ -64,3 +64,14 @@ with open(os.environ["MIXED_MODEL"], "wb") as f:
     f.write(model)
 '
 }
+
+# new_secret_store: sets $store to a new secret store as lib/attach's
+# store_secret makes it (a 0700 dir on tmpfs, /dev/shm, with this boot's id
+# in a 0600 boot_id), removed at the end of the test.
+new_secret_store() {
+  store=$(mktemp -d "/dev/shm/rbdgw-test-store.XXXXXX")
+  cleanup_fn "rm -rf '$store'"
+  chmod 0700 "$store"
+  cat /proc/sys/kernel/random/boot_id >"$store/boot_id"
+  chmod 0600 "$store/boot_id"
+}

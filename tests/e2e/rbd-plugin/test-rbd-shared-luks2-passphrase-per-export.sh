@@ -32,12 +32,8 @@ xts="$RBDGW_SOURCE_DIR/tests/e2e/luks2-filter/luks2_xts.py"
 seg=$((8 << 20))
 exdir=$TEST_TMP/exports log=$TEST_TMP/gateway.log
 mkdir "$exdir"
-# The store must be on tmpfs (TEST_TMP is not everywhere).
-store=$(mktemp -d "/dev/shm/rbdgw-hf-store.XXXXXX")
-cleanup_fn "rm -rf '$store'"
-chmod 0700 "$store"
-cat /proc/sys/kernel/random/boot_id >"$store/boot_id"
-chmod 0600 "$store/boot_id"
+# The store must be on tmpfs (TEST_TMP is not everywhere): new_secret_store.
+new_secret_store
 
 # put_secret VOLUME FILE [MODE]: FILE's bytes as VOLUME's passphrase in the
 # store, as lib/attach's store_secret leaves it (0600 unless MODE).

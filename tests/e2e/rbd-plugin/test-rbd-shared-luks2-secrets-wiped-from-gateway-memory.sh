@@ -16,11 +16,7 @@ find_mem="$(dirname "$0")/find_in_memory.py"
 
 exdir=$TEST_TMP/exports log=$TEST_TMP/gateway.log
 mkdir "$exdir"
-store=$(mktemp -d "/dev/shm/rbdgw-rf-store.XXXXXX")
-cleanup_fn "rm -rf '$store'"
-chmod 0700 "$store"
-cat /proc/sys/kernel/random/boot_id >"$store/boot_id"
-chmod 0600 "$store/boot_id"
+new_secret_store
 
 # make_volume NAME [IMAGE-BYTES]: a LUKS2 image with
 # a random passphrase ($TEST_TMP/NAME.pass, also in the store) and its

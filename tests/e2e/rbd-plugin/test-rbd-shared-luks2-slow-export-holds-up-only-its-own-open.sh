@@ -15,11 +15,7 @@ requires bc --version
 
 exdir=$TEST_TMP/exports log=$TEST_TMP/gateway.log
 mkdir "$exdir"
-store=$(mktemp -d "/dev/shm/rbdgw-rf-store.XXXXXX")
-cleanup_fn "rm -rf '$store'"
-chmod 0700 "$store"
-cat /proc/sys/kernel/random/boot_id >"$store/boot_id"
-chmod 0600 "$store/boot_id"
+new_secret_store
 
 # make_volume NAME: a cryptsetup-formatted LUKS2 image with its own random
 # passphrase in the store, registered as export NAME.

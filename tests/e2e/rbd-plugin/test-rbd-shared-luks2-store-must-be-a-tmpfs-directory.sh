@@ -13,12 +13,9 @@ requires cryptsetup --version
 
 exdir=$TEST_TMP/exports
 mkdir "$exdir"
-store=$(mktemp -d "/dev/shm/rbdgw-rf-store.XXXXXX")
+new_secret_store
 link="$store.link"
-cleanup_fn "rm -rf '$store' '$link'"
-chmod 0700 "$store"
-cat /proc/sys/kernel/random/boot_id >"$store/boot_id"
-chmod 0600 "$store/boot_id"
+cleanup_fn "rm -rf '$link'"
 ln -s "$store" "$link"
 # A store on the build tree's disk (not tmpfs), the same files in it.
 disk="$RBDGW_BUILD_DIR/rf-disk-store.$$"
