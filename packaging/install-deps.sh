@@ -37,6 +37,7 @@ packages=(
   golang-go  # builds the vendored csi-sanity conformance suite (tests/e2e/csi-sanity)
   python3-pykmip  # pykmip-server: the real KMIP server of the kmip KMS tests
   parted  # partition tables for lib/luks probe() tests
+  iproute2  # ss: counting a server's open NBD connections (e2e.fuse idle-disconnect test)
   clang  # libFuzzer target tests/fuzz/luks2-header (-fsanitize=fuzzer,address)
   # benchmarks and peers
   libbenchmark-dev fio qemu-utils qemu-block-extra

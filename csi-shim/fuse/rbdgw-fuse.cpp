@@ -3,7 +3,8 @@
 //
 //   rbdgw-fuse [--name NAME] [--export NAME] [--readonly] [--no-punch-hole] [--connections N]
 //              [--threads N] [--max-background N] [--clone-fd]
-//              [--reconnect-timeout SECONDS] [--size-file PATH] SOCKET FILE
+//              [--reconnect-timeout SECONDS] [--idle-disconnect SECONDS]
+//              [--size-file PATH] SOCKET FILE
 //
 // FILE (an existing regular file) is covered by a FUSE mount whose root is
 // the export. Unlike nbdfuse it survives a restart of the NBD server: a
@@ -68,6 +69,18 @@
 // socket. When a connection breaks, every request in flight on it fails
 // together and each is retried as above; the first of them to get there
 // reconnects, the others use its new connection.
+//
+// --idle-disconnect SECONDS (default 0: never): a connection with no
+// request in flight for that long is closed (NBD_CMD_DISC, so the server
+// lets its per-connection threads go) and its I/O thread ends; the next
+// request connects again at once (no backoff, nothing logged). Closing
+// waits for no reply and cuts none: it is decided under the lock that
+// request submission takes, only when the handle has no command in flight.
+// Every write was answered before, so nothing unflushed is left on the
+// connection; a FLUSH on the next connection covers those writes only
+// where the server keeps one image handle across connections (multi-conn,
+// as the rbd plugin does, also in exports-dir mode while the export is
+// registered).
 #define FUSE_USE_VERSION 312
 #include <fuse.h>
 #include <libnbd.h>
@@ -116,6 +129,7 @@ struct Options {
   // gateway threads, 2: 50, the 16 of before: 288).
   int connections = 2;
   int reconnect_timeout = 300;
+  int idle_disconnect = 0;  // seconds; 0: connections stay open
   // FUSE request threads (libfuse's multithreaded loop; all kept alive),
   // the kernel's cap on async (background) requests in flight (the loop
   // device's direct I/O arrives as async direct I/O; the kernel's default
@@ -244,7 +258,9 @@ class Conn {
 
   std::int64_t size() const { return size_; }
   bool dead() { return nbd_aio_is_dead(h_) == 1 || nbd_aio_is_closed(h_) == 1; }
-  bool broken() { return retired_ || dead(); }
+  bool broken() { return retired_ || idle_closed_ || dead(); }
+  // Closed by --idle-disconnect: a request that finds it so connects anew.
+  bool idle_closed() const { return idle_closed_; }
   void wake() {
     const std::uint64_t one = 1;
     [[maybe_unused]] ssize_t r = ::write(efd_, &one, sizeof one);
@@ -297,9 +313,38 @@ class Conn {
     shut_ = true;
   }
 
+  // --idle-disconnect: closes the connection if no command is in flight
+  // (under m_, which every submission holds: none can slip in between).
+  void close_if_idle() {
+    std::lock_guard lk(m_);
+    if (idle_closed_ || dead() || nbd_aio_in_flight(h_) != 0) return;
+    idle_closed_ = true;
+    if (nbd_aio_disconnect(h_, 0) < 0 && fd_ >= 0) {  // cannot say goodbye: just close
+      ::shutdown(fd_, SHUT_RDWR);
+      shut_ = true;
+    }
+  }
+
   void run() {
+    auto last_busy = Clock::now();
+    const auto idle = std::chrono::seconds(opts.idle_disconnect);
     while (!stop_) {
       if ((gateway_gone || retired_) && !shut_) shut_down();
+      if (idle_closed_ && dead()) return;  // the thread ends; the Conn waits for its requests
+      int timeout = -1;
+      if (opts.idle_disconnect > 0 && !idle_closed_ && !dead()) {
+        const auto now = Clock::now();
+        if (nbd_aio_in_flight(h_) > 0) {
+          last_busy = now;
+        } else if (now - last_busy >= idle) {
+          close_if_idle();
+          last_busy = now;
+          continue;
+        } else {
+          timeout = static_cast<int>(
+              std::chrono::duration_cast<std::chrono::milliseconds>(idle - (now - last_busy)).count() + 1);
+        }
+      }
       pollfd fds[2] = {{efd_, POLLIN, 0}, {fd_, 0, 0}};
       nfds_t n = 1;
       unsigned dir = 0;
@@ -309,7 +354,7 @@ class Conn {
         if (dir & LIBNBD_AIO_DIRECTION_WRITE) fds[1].events |= POLLOUT;
         n = 2;
       }
-      if (::poll(fds, n, -1) < 0) continue;
+      if (::poll(fds, n, timeout) < 0) continue;
       if (fds[0].revents & POLLIN) {
         std::uint64_t v;
         [[maybe_unused]] ssize_t r = ::read(efd_, &v, sizeof v);
@@ -331,6 +376,7 @@ class Conn {
   bool shut_ = false;
   std::atomic<bool> stop_{false};
   std::atomic<bool> retired_{false};  // the server said it shuts down
+  std::atomic<bool> idle_closed_{false};  // --idle-disconnect closed it
   std::thread io_;
 };
 
@@ -392,6 +438,8 @@ int with_connection(Submit submit) {
       // (its requests are checked against its old size): then retry anew.
       if (r < 0 && c->size() == export_size) return r;
       if (r < 0) continue;
+      // Closed as idle just before this request reached it: connect anew.
+      if (c->idle_closed() && !gateway_gone) continue;
     }
     if (gateway_gone) return -EIO;
     if (gave_up && attempted) return -EIO;  // no second full wait
@@ -605,7 +653,8 @@ int fs_truncate(const char*, off_t size, fuse_file_info*) {
 [[noreturn]] void usage(const std::string& msg) {
   std::fprintf(stderr,
                "rbdgw-fuse: %s\nusage: rbdgw-fuse [--name NAME] [--export NAME] [--readonly] [--no-punch-hole] [--connections N] "
-               "[--threads N] [--max-background N] [--clone-fd] [--reconnect-timeout SECONDS] [--size-file PATH] "
+               "[--threads N] [--max-background N] [--clone-fd] [--reconnect-timeout SECONDS] "
+               "[--idle-disconnect SECONDS] [--size-file PATH] "
                "SOCKET FILE\n",
                msg.c_str());
   std::exit(2);
@@ -639,6 +688,8 @@ void parse_args(int argc, char** argv) {
     else if (a == "--clone-fd") opts.clone_fd = true;
     else if (a == "--reconnect-timeout")
       opts.reconnect_timeout = parse_int(value(), "--reconnect-timeout", 0, 86400 * 365);
+    else if (a == "--idle-disconnect")
+      opts.idle_disconnect = parse_int(value(), "--idle-disconnect", 0, 86400);
     else if (a.starts_with("-")) usage("unknown option '" + a + "'");
     else pos.push_back(a);
   }

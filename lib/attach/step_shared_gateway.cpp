@@ -74,6 +74,14 @@ int shared_threads() {
   return n;
 }
 
+// An idle exporter connection costs the gateway nbdkit's connection
+// thread and its --threads workers: a plain volume's exporter closes it
+// after this long without a request (the plugin keeps the image open and
+// locked while the volume is registered), and connects again at its next
+// request (a few ms). Not a decrypting gateway's: the luks2 filter unlocks
+// the volume anew (PBKDF) at the first connection after none.
+constexpr int kIdleDisconnect = 10;
+
 std::string hex16_sha256(const std::string& data) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
@@ -227,6 +235,7 @@ ProcessRef start_shared(const Stash& s, const Tools& tools, const SecretBuffer* 
   progress(o, cat("starting the shared gateway ", dir, s.encrypted ? " (decrypting)" : ""));
   stop_process(stray_process(pid_file_of(dir), dir + "/"), 10s);
   for (const auto& n : entries(dir)) ::unlink((exports_of(dir) + "/" + n).c_str());
+  // (the new gateway removes the .open.* markers of the old one itself)
   ::unlink(s.socket.c_str());
   ::unlink(nbdkit_pid_file_of(dir).c_str());
   std::vector<PassFd> pass;
@@ -273,6 +282,16 @@ void stop_if_unused(const std::string& dir) {
 
 }  // namespace
 
+int shared_idle_disconnect() {
+  const char* e = std::getenv("RBDGW_IDLE_DISCONNECT");
+  if (!e || !*e) return kIdleDisconnect;
+  char* end = nullptr;
+  const long n = std::strtol(e, &end, 10);
+  if (*end != '\0' || n < 0 || n > 86400)
+    throw Error(EINVAL, cat("RBDGW_IDLE_DISCONNECT='", e, "': expected 0..86400 seconds"));
+  return static_cast<int>(n);
+}
+
 std::string shared_gateway_dir(const std::string& run_root, const Stash& s, const SecretBuffer& key) {
   const std::string id = cat(field(s.conf_file), field(s.mon_host), field(s.user_id), field(s.keyring),
                              field(std::string(key.view())), field(s.node),
@@ -314,6 +333,22 @@ void shared_gateway_undo(Context& c) {
   const SharedLock lock(s.shared_dir, false);
   if (!lock.held()) return;
   if (::unlink(entry_of(s).c_str()) < 0 && errno != ENOENT) throw_errno("unlink", entry_of(s), errno);
+  // The gateway keeps a registered image open (its lock held) also with
+  // no connection, and closes it when it sees the entry gone: wait for
+  // that (its .open.<volume> marker goes), so that the image is free when
+  // the unmap returns (to be removed, or mapped on another node).
+  const std::string marker = exports_of(s.shared_dir) + "/.open." + s.volume_id;
+  const ProcessRef g = shared_gateway_process(s);
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  struct stat st;
+  while (alive(g) && ::stat(marker.c_str(), &st) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      log::warn("volume ", s.volume_id, ": the shared gateway ", s.shared_dir, " (pid ", g.pid,
+                ") has not closed ", s.image, " 30 s after its unmap; its log: ", log_tail(s.gateway_log));
+      break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
   stop_if_unused(s.shared_dir);
 }
 

@@ -31,8 +31,11 @@ void fuse_exporter_run(Context& c) {
   // each connection of each volume costs the node's one gateway that many
   // threads, and one aio connection already carries as many requests as
   // they can serve (issue 13's per-volume cost).
-  if (!s.shared_dir.empty())
+  if (!s.shared_dir.empty()) {
     argv.insert(argv.begin() + 1, {"--export", s.volume_id, "--connections", "1"});
+    if (const int idle = shared_idle_disconnect(); idle > 0 && !s.encrypted)
+      argv.insert(argv.begin() + 1, {"--idle-disconnect", std::to_string(idle)});
+  }
   s.fuse = spawn_detached(argv, s.run_dir + "/fuse.log", {}, fuse_pid_file(s));
   c.save();
   wait_ready(s.fuse, "FUSE exporter", s.run_dir + "/fuse.log", c.o.timeout,

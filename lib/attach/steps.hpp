@@ -145,6 +145,10 @@ void mount_undo(Context& c);
 // step_shared_gateway.cpp (AttachOptions::shared_gateway).
 // The shared gateway's dir for s's cluster identity, node and kind.
 std::string shared_gateway_dir(const std::string& run_root, const Stash& s, const SecretBuffer& key);
+// Seconds after which a shared gateway's plain volume's exporter closes
+// its idle connection (rbdgw-fuse --idle-disconnect), 0: never;
+// $RBDGW_IDLE_DISCONNECT overrides the default.
+int shared_idle_disconnect();
 // The live shared gateway of s.shared_dir (pid 0: none).
 ProcessRef shared_gateway_process(const Stash& s);
 // s's gateway is alive: its own, or the shared one with s's registry entry.

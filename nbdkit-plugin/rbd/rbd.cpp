@@ -23,9 +23,14 @@
 // The export a client asks for names a registry file DIR/NAME written by
 // whoever maps volumes (lib/attach/step_shared_gateway.cpp), read at .open:
 // "image=POOL[/NS]/IMAGE[@SNAP]" and optionally "read-only=true". An
-// export's image is opened on its first connection and closed (its lock
-// let go) when its last connection closes; its connections share the
-// handle. exclusive=true takes each read-write image's exclusive lock for
+// export's image is opened on its first connection and stays open (its
+// lock held) while its registry file names it, also with no connection
+// (an exporter that drops its idle connection, or one that crashed, must
+// not let another client take the lock of a volume still mapped here); it
+// is closed (flushed, its lock let go) when its last connection closes
+// after the file is removed or names another image, or, with no
+// connection, when the registry watcher sees that (inotify, and a sweep
+// every few seconds); its connections share the handle. exclusive=true takes each read-write image's exclusive lock for
 // good on open, per image (a read-only=true export takes none). One export's bad input (no registry file, a missing
 // image, an image another client holds) fails only that export's open.
 // Encryption is not offered in this mode yet (the registry refuses it).
@@ -47,6 +52,15 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
+#include <vector>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <unistd.h>
 
 #include "common/error.hpp"
 #include "common/log.hpp"
@@ -89,6 +103,7 @@ struct Export {
   std::string my_client;
   std::string spec;  // for messages
   std::string name;  // exports-dir: the export name
+  bool entry_read_only = false;  // exports-dir: what its registry file said
 };
 // One image (image=): opened in .after_fork.
 std::shared_ptr<Export> served;
@@ -289,12 +304,16 @@ std::shared_ptr<Export> make_export(rbd::Image img, const std::string& spec) {
   return e;
 }
 
+void start_registry_watcher();
+void stop_registry_watcher();
+
 int rbd_after_fork() {
   return guard_void([] {
     if (!exports_dir.empty()) {
       shared_cluster.emplace(rbd::Cluster::connect(config.cluster));
       nbdkit_debug("rbd: serving the exports registered in %s as %s", exports_dir.c_str(),
                    shared_cluster->name().c_str());
+      start_registry_watcher();
       return;
     }
     served = make_export(rbd::open_export(config), config.spec->str());
@@ -302,6 +321,7 @@ int rbd_after_fork() {
 }
 
 void rbd_cleanup() {
+  stop_registry_watcher();
   (void)guard_void([] {
     if (served) served->image.close();  // flushes the librbd cache
     served.reset();
@@ -347,12 +367,43 @@ Entry read_entry(const std::string& name) {
   return e;
 }
 
-// exports-dir: the export `name`, opened on its first connection.
+// exports-dir: whether the registry file of e still names its image as at
+// its open (the same image spec, the same read-only=).
+bool still_registered(const Export& e) {
+  try {
+    const Entry en = read_entry(e.name);
+    return en.spec.str() == e.spec && en.read_only == e.entry_read_only;
+  } catch (...) {
+    return false;
+  }
+}
+
+// exports-dir: DIR/.open.NAME exists while export NAME's image is open
+// (a dot file: not a registry entry), so that whoever removed NAME's entry
+// can wait until the image is closed and its lock let go (an unmap, before
+// the image may be removed or mapped elsewhere).
+std::string open_marker(const std::string& name) { return exports_dir + "/.open." + name; }
+
+// exports-dir: closes an export's image (exports_mutex held; flushes, lets
+// its lock go). Errors are logged: the export is gone either way.
+void close_export(Export& e, const char* why) {
+  nbdkit_debug("rbd: export '%s' (%s): %s, closing the image", e.name.c_str(), e.spec.c_str(), why);
+  (void)guard_void([&] { e.image.close(); });
+  ::unlink(open_marker(e.name).c_str());
+}
+
+// exports-dir: the export `name`, opened on its first connection (or kept
+// open since, while registered).
 std::shared_ptr<Export> open_shared(const std::string& name) {
   std::lock_guard<std::mutex> g(exports_mutex);
   if (auto it = open_exports.find(name); it != open_exports.end()) {
-    ++it->second.second;
-    return it->second.first;
+    if (it->second.second > 0 || still_registered(*it->second.first)) {
+      ++it->second.second;
+      return it->second.first;
+    }
+    // Kept open with no connection, and its registry file changed since.
+    close_export(*it->second.first, "registry entry changed");
+    open_exports.erase(it);
   }
   const Entry en = read_entry(name);
   rbd::Image img = rbd::Image::open(*shared_cluster, en.spec,
@@ -364,6 +415,9 @@ std::shared_ptr<Export> open_shared(const std::string& name) {
                             "refuses to serve it"));
   auto e = make_export(std::move(img), en.spec.str());
   e->name = name;
+  e->entry_read_only = en.read_only;
+  if (const int fd = ::open(open_marker(name).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600); fd >= 0)
+    ::close(fd);
   open_exports.emplace(name, std::make_pair(e, 1));
   return e;
 }
@@ -372,10 +426,77 @@ void close_shared(const std::shared_ptr<Export>& e) {
   std::lock_guard<std::mutex> g(exports_mutex);
   auto it = open_exports.find(e->name);
   if (it == open_exports.end() || it->second.first != e || --it->second.second > 0) return;
-  nbdkit_debug("rbd: export '%s' (%s): last connection closed, closing the image", e->name.c_str(),
-               e->spec.c_str());
+  if (still_registered(*e)) {
+    nbdkit_debug("rbd: export '%s' (%s): no connection left; kept open, its lock held, while "
+                 "its registry file names it", e->name.c_str(), e->spec.c_str());
+    return;
+  }
+  close_export(*e, "last connection closed and no longer registered");
   open_exports.erase(it);
-  e->image.close();  // flushes; lets go of the exclusive lock
+}
+
+// exports-dir: closes every export with no connection whose registry file
+// is gone or names another image now.
+void sweep_unregistered() {
+  std::lock_guard<std::mutex> g(exports_mutex);
+  for (auto it = open_exports.begin(); it != open_exports.end();) {
+    if (it->second.second == 0 && !still_registered(*it->second.first)) {
+      close_export(*it->second.first, "no longer registered");
+      it = open_exports.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+// exports-dir: the registry watcher (started in .after_fork, stopped in
+// .cleanup): sweeps on every change inotify reports in the registry dir,
+// and every 2 s in any case (inotify may be unavailable or overflow).
+std::thread registry_watcher;
+int watcher_stop_fd = -1;
+
+void watch_registry(int ifd) {
+  for (;;) {
+    pollfd p[2] = {{watcher_stop_fd, POLLIN, 0}, {ifd, POLLIN, 0}};
+    const int r = ::poll(p, ifd >= 0 ? 2 : 1, 2000);
+    if (r > 0 && (p[0].revents & POLLIN)) break;
+    if (r > 0 && (p[1].revents & POLLIN)) {
+      char buf[4096];
+      while (::read(ifd, buf, sizeof buf) > 0) {
+      }
+    }
+    sweep_unregistered();
+  }
+  if (ifd >= 0) ::close(ifd);
+}
+
+void start_registry_watcher() {
+  // Markers of an earlier gateway on this dir: nothing of it is open now.
+  if (DIR* d = ::opendir(exports_dir.c_str())) {
+    while (const dirent* de = ::readdir(d))
+      if (std::strncmp(de->d_name, ".open.", 6) == 0) ::unlinkat(::dirfd(d), de->d_name, 0);
+    ::closedir(d);
+  }
+  watcher_stop_fd = ::eventfd(0, EFD_CLOEXEC);
+  if (watcher_stop_fd < 0) throw Error(errno, cat("eventfd: ", std::strerror(errno)));
+  int ifd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (ifd >= 0 && ::inotify_add_watch(ifd, exports_dir.c_str(),
+                                      IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
+    nbdkit_debug("rbd: inotify on %s: %s; sweeping every 2 s only", exports_dir.c_str(),
+                 std::strerror(errno));
+    ::close(ifd);
+    ifd = -1;
+  }
+  registry_watcher = std::thread(watch_registry, ifd);
+}
+
+void stop_registry_watcher() {
+  if (!registry_watcher.joinable()) return;
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const ssize_t w = ::write(watcher_stop_fd, &one, sizeof one);
+  registry_watcher.join();
+  ::close(watcher_stop_fd);
+  watcher_stop_fd = -1;
 }
 
 void rbd_dump_plugin() {

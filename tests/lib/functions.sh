@@ -41,8 +41,10 @@ requires() {
 fail() { echo "$TEST_NAME: FAIL: $*" >&2; exit 1; }
 pass() { echo "$TEST_NAME: ok: $*"; }
 
-# A unique name for images etc.
-unique() { echo "${1:-t}-$$-$RANDOM"; }
+# A unique name for images etc. (always called as $(unique ...): the
+# subshell's own pid tells two names of one test apart; $RANDOM alone did
+# not, with 20-odd images per test: "image ... already exists").
+unique() { echo "${1:-t}-$$-$BASHPID"; }
 
 # rbd CLI against the test cluster ($CEPH_CONF).
 rbd_cli() { rbd -c "$CEPH_CONF" "$@"; }

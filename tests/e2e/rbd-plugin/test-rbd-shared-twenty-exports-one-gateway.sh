@@ -6,8 +6,10 @@
 # exports with bad input (a registry entry naming a removed image, a
 # malformed entry, a name nobody registered) each fail their own open,
 # naming the cause, and disturb none of the others' I/O. The exclusive lock
-# is per image: held while the export has a connection, let go after its
-# last one, other images untouched.
+# is per image: taken at the export's first open and held while it is
+# registered, also with no connection left (an exporter that dropped its
+# idle connection or crashed); let go once its registry file is removed and
+# its last connection closed, other images untouched.
 source "$(dirname "$0")/common.sh"
 source "$(dirname "$0")/shared-functions.sh"
 
@@ -66,13 +68,26 @@ for i in $(seq 1 $N); do
 done
 pass "all $N images hold exactly what was written (rbd export)"
 
-# The exclusive lock is per image, for as long as the export has a connection.
-nbdsh -u "$(export_uri "$sock" v1)" -c 'import time; time.sleep(6)' &
+# The exclusive lock is per image: every export was opened and none has a
+# connection now, yet each is registered, so each image is still locked.
+locked() { [ -n "$(rbd_cli lock ls "rbd/$1")" ]; }
+for i in 1 2 3; do
+  locked "${img[$i]}" || fail "v$i is registered (no connection left) but its image has no lock"
+done
+# Unregistered with no connection: the registry watcher lets it go.
+rm "$exdir/v2"
+for _ in $(seq 50); do locked "${img[2]}" || break; sleep 0.1; done
+locked "${img[2]}" && fail "v2's lock not let go within 5 s of its registry file's removal"
+# Unregistered while a connection uses it: held until that one closes.
+nbdsh -u "$(export_uri "$sock" v1)" -c 'import time; time.sleep(5)' &
 holder=$!
-sleep 3
-[ -n "$(rbd_cli lock ls "rbd/${img[1]}")" ] || fail "v1 is open but its image has no lock"
-[ -z "$(rbd_cli lock ls "rbd/${img[2]}")" ] || fail "v2 has no connection but its image is still locked"
+sleep 2
+rm "$exdir/v1"
+sleep 2
+kill -0 $holder 2>/dev/null || fail "the v1 connection ended early"
+locked "${img[1]}" || fail "v1's lock let go while a connection still uses it"
 wait $holder
-for _ in $(seq 50); do [ -z "$(rbd_cli lock ls "rbd/${img[1]}")" ] && break; sleep 0.2; done
-[ -z "$(rbd_cli lock ls "rbd/${img[1]}")" ] || fail "v1's lock not let go after its last connection"
-pass "exclusive lock held per image while its export is open, let go after"
+for _ in $(seq 50); do locked "${img[1]}" || break; sleep 0.1; done
+locked "${img[1]}" && fail "v1's lock not let go after its last connection closed, unregistered"
+locked "${img[3]}" || fail "v3 (still registered) lost its lock"
+pass "each image's lock held while its export is registered (with or without a connection), let go after"
