@@ -12,7 +12,8 @@
 # prints medians over the rounds with CPU (gateway + exporter) per GiB or
 # per 1000 I/Os, and the thread counts (ps -o nlwp) of gateway and exporter
 # after the 4K random read on the loop device. BENCH_FUSE_BIN=PATH runs
-# another rbdgw-fuse binary (an A/B of old and new code). Leaves nothing
+# another rbdgw-fuse binary, BENCH_PLUGIN_BIN=PATH another nbdkit-rbd-plugin.so
+# (A/Bs of old and new code). Leaves nothing
 # behind.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -65,7 +66,7 @@ cpu_ticks() {
 real_losetup=$(command -v losetup) real_nbdkit=$(command -v nbdkit)
 # map_with CONFIG-BODY: rbdgw map with that config's wrappers.
 map_with() {
-  local body=$1 kv dio= fa= na= pa= fb=$fuse
+  local body=$1 kv dio= fa= na= pa= fb=$fuse pb=$RBDGW_PLUGIN
   IFS=',' read -ra kvs <<<"$body"
   for kv in "${kvs[@]}"; do
     case $kv in
@@ -74,13 +75,14 @@ map_with() {
       BENCH_NBDKIT_ARGS=*) na=${kv#*=} ;;
       BENCH_PLUGIN_ARGS=*) pa=${kv#*=} ;;
       BENCH_FUSE_BIN=*) fb=${kv#*=} ;;
+      BENCH_PLUGIN_BIN=*) pb=${kv#*=} ;;
       "") ;;
       *) echo "levers.sh: unknown lever '$kv'" >&2; exit 2 ;;
     esac
   done
   local bin=$dir/bin.$RANDOM
   mkdir -p "$bin"
-  printf '#!/bin/bash\na=()\nfor x; do case $x in image=*) a+=("$x" %s) ;; *) a+=("$x") ;; esac; done\nexec %s %s "${a[@]}"\n' "$pa" "$real_nbdkit" "$na" >"$bin/nbdkit"
+  printf '#!/bin/bash\na=()\nfor x; do case $x in image=*) a+=("$x" %s) ;; %q) a+=(%q) ;; *) a+=("$x") ;; esac; done\nexec %s %s "${a[@]}"\n' "$pa" "$RBDGW_PLUGIN" "$pb" "$real_nbdkit" "$na" >"$bin/nbdkit"
   printf '#!/bin/sh\nexec %q %s "$@"\n' "$fb" "$fa" >"$bin/fuse"
   if [ -n "$dio" ]; then
     printf '#!/bin/bash\na=()\nfor x; do case $x in --direct-io=*) a+=(--direct-io=%s) ;; *) a+=("$x") ;; esac; done\nexec %s "${a[@]}"\n' "$dio" "$real_losetup" >"$bin/losetup"
