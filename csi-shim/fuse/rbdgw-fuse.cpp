@@ -526,9 +526,11 @@ void refresh_loop() {
 }
 
 // Serves SIGUSR1 and SIGUSR2 (blocked in every thread): SIGUSR1 asks
-// refresh_loop for a size refresh, SIGUSR2 declares the gateway gone.
+// refresh_loop for a size refresh (started at the first one: a volume
+// that never grows pays no thread for it), SIGUSR2 declares the gateway
+// gone.
 void signal_loop(sigset_t set) {
-  std::thread(refresh_loop).detach();
+  bool refresher = false;
   for (;;) {
     int sig = 0;
     if (sigwait(&set, &sig) != 0) continue;
@@ -541,6 +543,10 @@ void signal_loop(sigset_t set) {
       refresh_asked = true;
     }
     refresh_cv.notify_one();
+    if (!refresher) {
+      std::thread(refresh_loop).detach();
+      refresher = true;
+    }
   }
 }
 
