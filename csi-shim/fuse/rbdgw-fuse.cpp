@@ -3,7 +3,7 @@
 //
 //   rbdgw-fuse [--name NAME] [--export NAME] [--readonly] [--no-punch-hole] [--connections N]
 //              [--threads N] [--max-background N] [--clone-fd]
-//              [--reconnect-timeout SECONDS] [--idle-disconnect SECONDS]
+//              [--reconnect-timeout SECONDS] [--idle-disconnect SECONDS] [--idle-threads N]
 //              [--size-file PATH] SOCKET FILE
 //
 // FILE (an existing regular file) is covered by a FUSE mount whose root is
@@ -85,6 +85,7 @@
 #include <fuse.h>
 #include <libnbd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -135,6 +136,10 @@ struct Options {
   // device's direct I/O arrives as async direct I/O; the kernel's default
   // is 12; 0 keeps it), and clone_fd (one /dev/fuse fd per thread).
   int threads = 16;
+  // --idle-threads N: FUSE threads kept when idle (libfuse's
+  // max_idle_threads; more exit once idle, new ones are made on demand up
+  // to --threads); -1: all of them (--threads).
+  int idle_threads = -1;
   int max_background = 32;
   bool clone_fd = false;
 };
@@ -660,7 +665,7 @@ int fs_truncate(const char*, off_t size, fuse_file_info*) {
   std::fprintf(stderr,
                "rbdgw-fuse: %s\nusage: rbdgw-fuse [--name NAME] [--export NAME] [--readonly] [--no-punch-hole] [--connections N] "
                "[--threads N] [--max-background N] [--clone-fd] [--reconnect-timeout SECONDS] "
-               "[--idle-disconnect SECONDS] [--size-file PATH] "
+               "[--idle-disconnect SECONDS] [--idle-threads N] [--size-file PATH] "
                "SOCKET FILE\n",
                msg.c_str());
   std::exit(2);
@@ -690,6 +695,7 @@ void parse_args(int argc, char** argv) {
     else if (a == "--size-file") opts.size_file = value();
     else if (a == "--connections") opts.connections = parse_int(value(), "--connections", 1, 64);
     else if (a == "--threads") opts.threads = parse_int(value(), "--threads", 1, 256);
+    else if (a == "--idle-threads") opts.idle_threads = parse_int(value(), "--idle-threads", 1, 256);
     else if (a == "--max-background") opts.max_background = parse_int(value(), "--max-background", 0, 65535);
     else if (a == "--clone-fd") opts.clone_fd = true;
     else if (a == "--reconnect-timeout")
@@ -765,7 +771,8 @@ int main(int argc, char** argv) {
           " bytes)");
       fuse_loop_config* cfg = fuse_loop_cfg_create();
       fuse_loop_cfg_set_max_threads(cfg, static_cast<unsigned>(opts.threads));
-      fuse_loop_cfg_set_idle_threads(cfg, static_cast<unsigned>(opts.threads));
+      fuse_loop_cfg_set_idle_threads(
+          cfg, static_cast<unsigned>(opts.idle_threads > 0 ? std::min(opts.idle_threads, opts.threads) : opts.threads));
       fuse_loop_cfg_set_clone_fd(cfg, opts.clone_fd ? 1 : 0);
       rc = fuse_loop_mt(f, cfg) == 0 ? 0 : 1;
       fuse_loop_cfg_destroy(cfg);

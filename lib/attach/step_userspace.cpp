@@ -32,7 +32,11 @@ void fuse_exporter_run(Context& c) {
   // threads, and one aio connection already carries as many requests as
   // they can serve (issue 13's per-volume cost).
   if (!s.shared_dir.empty()) {
-    argv.insert(argv.begin() + 1, {"--export", s.volume_id, "--connections", "1"});
+    // FUSE threads beyond 2 exit once idle (made again on demand, up to 16):
+    // an idle exporter that once had 32 requests in flight kept 16
+    // (bench/attach/levers.sh, idle-threads 2 vs all: same speed within
+    // the noise, 20 -> 6 exporter threads after a 4K random read).
+    argv.insert(argv.begin() + 1, {"--export", s.volume_id, "--connections", "1", "--idle-threads", "2"});
     if (const int idle = shared_idle_disconnect(); idle > 0 && !s.encrypted)
       argv.insert(argv.begin() + 1, {"--idle-disconnect", std::to_string(idle)});
   }
