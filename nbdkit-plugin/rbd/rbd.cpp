@@ -61,6 +61,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/error.hpp"
@@ -402,13 +403,21 @@ Entry read_entry(const std::string& name) {
 
 // exports-dir: whether the registry file of e still names its image as at
 // its open (the same image spec, the same read-only=).
+// Only a file that is gone (ENOENT) or reads as another image counts as
+// unregistered: a file that cannot be read for another reason (EMFILE,
+// ENOMEM...) keeps the export open, its lock held, until it can be.
 bool still_registered(const Export& e) {
+  const std::string path = exports_dir + "/" + e.name;
+  struct stat st;
   try {
     const Entry en = read_entry(e.name);
     return en.spec.str() == e.spec && en.read_only == e.entry_read_only;
+  } catch (const Error& err) {
+    if (err.code() == EINVAL) return false;  // it names no image now
   } catch (...) {
-    return false;
   }
+  // Not read: unregistered only if the file is gone.
+  return ::stat(path.c_str(), &st) == 0 || errno != ENOENT;
 }
 
 // exports-dir: DIR/.open.NAME exists while export NAME's image is open
