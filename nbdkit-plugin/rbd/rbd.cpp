@@ -146,6 +146,12 @@ std::string node_name() { return config.node.empty() ? rbd::host_name() : config
 // checked at once (modify); only a lock broken without blocklisting
 // (rbd_blocklist_on_break_lock=false, which Ceph itself calls unsafe) lets
 // writes that began within kLockRecheck of the last confirmation through.
+// That holds only when a completed write is on the OSDs (cache.writes_durable:
+// rbd_cache off or writethrough, e.g. durable-writes=true, as the attach paths
+// start it). librbd's default cache (writearound) completes a write before the
+// OSD has it, so a blocklisted gateway's write "succeeds" and is refused at
+// the OSD later: there the cluster is asked after every request (`fresh`),
+// one round trip instead of two.
 constexpr std::int64_t kLockRecheckNs = 500'000'000;  // 0.5 s
 
 std::int64_t steady_ns() {
@@ -154,11 +160,11 @@ std::int64_t steady_ns() {
       .count();
 }
 
-void require_lock(Export& e) {
+void require_lock(Export& e, bool fresh = false) {
   if (!config.exclusive) return;
   const std::int64_t now = steady_ns();
   const std::int64_t seen = e.lock_confirmed_ns.load(std::memory_order_relaxed);
-  if (!e.lock_lost && seen != 0 && now - seen < kLockRecheckNs) return;
+  if (!fresh && !e.lock_lost && seen != 0 && now - seen < kLockRecheckNs) return;
   if (!e.lock_lost && rbd::owns_lock(e.image)) {
     e.lock_confirmed_ns.store(now, std::memory_order_relaxed);
     return;
@@ -208,7 +214,8 @@ int modify(Export& e, F&& f) noexcept {
       require_lock(e);
       f();
     }
-    require_lock(e);
+    // A cached write completed before the OSD took it: ask the cluster now.
+    require_lock(e, !e.cache.writes_durable);
   });
 }
 

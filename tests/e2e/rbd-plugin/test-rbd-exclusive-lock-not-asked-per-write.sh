@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# With exclusive=true the gateway confirms its lock with the cluster at most
+# With exclusive=true and durable-writes=true (as rbdgw starts every
+# gateway) the gateway confirms its lock with the cluster at most
 # every 0.5 s, not around every request: librbd's lock-owner query is a
 # synchronous OSD round trip (an assert on the image's header object), and
 # asking it before and after each write cost two extra OSD ops per write
@@ -11,7 +12,7 @@ source "$(dirname "$0")/common.sh"
 requires which jq
 
 new_image img 16M
-serve sk np "rbd/$img" exclusive=true node=node-a
+serve sk np "rbd/$img" exclusive=true node=node-a durable-writes=true
 osd_ops() { ceph -c "$CEPH_CONF" tell osd.0 perf dump 2>/dev/null | jq '.osd.op'; }
 nbdsh -u "$(nbd_uri "$sk")" -c 'h.pwrite(b"w" * 4096, 0); h.flush()'  # the lock and object map settle
 before=$(osd_ops)
