@@ -66,5 +66,10 @@ start_nbdkit() {
   printf -v "$__pidvar" '%s' "$__pid"
 }
 
+# connections_on SOCK: how many connections a server has accepted on the
+# unix socket SOCK and not closed (ss: the server side's local address is
+# the socket's path).
+connections_on() { ss -xH state connected 2>/dev/null | awk -v s="$1" '$5 == s' | wc -l; }
+
 # nbd URI for a unix socket.
 nbd_uri() { echo "nbd+unix:///?socket=$1"; }

@@ -17,7 +17,7 @@ for v in a b; do
 done
 gw=$(pgrep -f -- "exports-dir=$RUN_ROOT/") || fail "no shared gateway"
 sock=$(echo "$RUN_ROOT"/@shared-*/nbd.sock)
-conns() { ss -xH state connected 2>/dev/null | awk -v s="$sock" '$5 == s' | wc -l; }
+conns() { connections_on "$sock"; }
 threads() { ls "/proc/$gw/task" | wc -l; }
 fds() { ls "/proc/$gw/fd" | wc -l; }
 idle_wait() {

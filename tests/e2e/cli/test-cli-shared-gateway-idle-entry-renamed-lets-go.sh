@@ -18,7 +18,7 @@ for v in a b; do
 done
 sock=$(echo "$RUN_ROOT"/@shared-*/nbd.sock)
 exports=$(echo "$RUN_ROOT"/@shared-*/exports)
-conns() { ss -xH state connected 2>/dev/null | awk -v s="$sock" '$5 == s' | wc -l; }
+conns() { connections_on "$sock"; }
 for _ in $(seq 100); do [ "$(conns)" = 0 ] && break; sleep 0.1; done
 [ "$(conns)" = 0 ] || fail "connections still open 10 s after the volumes went idle"
 [ -n "$(rbd_cli lock ls "rbd/$a")" ] || fail "the idle volume's image is not locked"

@@ -17,7 +17,7 @@ for v in a b; do
     { cat "$TEST_TMP/err" >&2; fail "map of $v failed"; }
 done
 sock=$(echo "$RUN_ROOT"/@shared-*/nbd.sock)
-conns() { ss -xH state connected 2>/dev/null | awk -v s="$sock" '$5 == s' | wc -l; }
+conns() { connections_on "$sock"; }
 head -c 1M /dev/urandom >"$TEST_TMP/bdata"
 cp "$TEST_TMP/bdata" "$TEST_TMP/mb/f"
 sync -f "$TEST_TMP/mb/f"

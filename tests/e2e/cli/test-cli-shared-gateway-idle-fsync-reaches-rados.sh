@@ -14,7 +14,7 @@ cli map "rbd/$a" --conf "$CEPH_CONF" --shared-gateway >/dev/null 2>"$TEST_TMP/er
   { cat "$TEST_TMP/err" >&2; fail "map failed"; }
 file=$(jq -r .fuse_file "$RUN_ROOT/rbd.$a/stash.json")
 sock=$(echo "$RUN_ROOT"/@shared-*/nbd.sock)
-conns() { ss -xH state connected 2>/dev/null | awk -v s="$sock" '$5 == s' | wc -l; }
+conns() { connections_on "$sock"; }
 head -c 4M /dev/urandom >"$TEST_TMP/data"
 dd if="$TEST_TMP/data" of="$file" bs=1M seek=8 oflag=direct conv=notrunc status=none || fail "write failed"
 for _ in $(seq 100); do [ "$(conns)" = 0 ] && break; sleep 0.1; done

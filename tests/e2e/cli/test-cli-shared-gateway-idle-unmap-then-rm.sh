@@ -15,7 +15,7 @@ for v in a b; do
     { cat "$TEST_TMP/err" >&2; fail "map of $v failed"; }
 done
 sock=$(echo "$RUN_ROOT"/@shared-*/nbd.sock)
-conns() { ss -xH state connected 2>/dev/null | awk -v s="$sock" '$5 == s' | wc -l; }
+conns() { connections_on "$sock"; }
 head -c 1M /dev/urandom >"$TEST_TMP/ma/f"
 sync -f "$TEST_TMP/ma/f"
 for _ in $(seq 100); do [ "$(conns)" = 0 ] && break; sleep 0.1; done

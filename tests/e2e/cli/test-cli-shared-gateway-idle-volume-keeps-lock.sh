@@ -20,7 +20,7 @@ cli map "rbd/$a" --conf "$CEPH_CONF" --shared-gateway --mount "$TEST_TMP/ma" >/d
 gw=$(pgrep -f -- "exports-dir=$RUN_ROOT/") || fail "no shared gateway process"
 sock=$(echo "$RUN_ROOT"/@shared-*/nbd.sock)
 fuse_log=$RUN_ROOT/rbd.$a/fuse.log
-conns() { ss -xH state connected 2>/dev/null | awk -v s="$sock" '$5 == s' | wc -l; }
+conns() { connections_on "$sock"; }
 threads() { ls "/proc/$gw/task" | wc -l; }
 
 head -c 4M /dev/urandom >"$TEST_TMP/ma/f"

@@ -18,7 +18,7 @@ done
 dir=$RUN_ROOT/rbd.$a
 file=$(jq -r .fuse_file "$dir/stash.json")
 sock=$(echo "$RUN_ROOT"/@shared-*/nbd.sock)
-conns() { ss -xH state connected 2>/dev/null | awk -v s="$sock" '$5 == s' | wc -l; }
+conns() { connections_on "$sock"; }
 head -c 1M /dev/urandom >"$TEST_TMP/data"
 dd if="$TEST_TMP/data" of="$file" bs=1M oflag=direct conv=notrunc,fsync status=none || fail "write failed"
 for _ in $(seq 100); do [ "$(conns)" = 0 ] && break; sleep 0.1; done

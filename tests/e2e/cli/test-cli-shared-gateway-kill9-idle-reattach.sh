@@ -21,7 +21,7 @@ for i in $(seq 1 $N); do
 done
 gw=$(pgrep -f -- "exports-dir=$RUN_ROOT/") || fail "no shared gateway"
 sock=$(echo "$RUN_ROOT"/@shared-*/nbd.sock)
-conns() { ss -xH state connected 2>/dev/null | awk -v s="$sock" '$5 == s' | wc -l; }
+conns() { connections_on "$sock"; }
 for _ in $(seq 100); do [ "$(conns)" = 0 ] && break; sleep 0.1; done
 [ "$(conns)" = 0 ] || fail "connections still open 10 s after the volumes went idle"
 kill -9 "$gw"

@@ -12,7 +12,7 @@ requires which ss
 
 start_nbdkit sock gw -t 4 memory 64M
 start_exporter "$sock" --idle-disconnect 1 --connections 1
-conns() { ss -xH state connected 2>/dev/null | awk -v s="$sock" '$5 == s' | wc -l; }
+conns() { connections_on "$sock"; }
 count() { echo "$(ls "/proc/$1/task" | wc -l) threads, $(ls "/proc/$1/fd" | wc -l) fds"; }
 # rbdgw-fuse's threads other than libfuse's request workers (those it starts
 # on demand up to --threads, each idle one waiting in fuse_dev_do_read), and

@@ -12,7 +12,7 @@ requires which ss
 
 start_nbdkit sock gw -t 4 --filter=delay memory 32M delay-write=3
 # conns: the connections the server has accepted and not closed.
-conns() { ss -xH state connected 2>/dev/null | awk -v s="$sock" '$5 == s' | wc -l; }
+conns() { connections_on "$sock"; }
 threads() { ls "/proc/$gw/task" | wc -l; }
 [ "$(conns)" = 0 ] || fail "a connection before the exporter started: $(conns)"
 idle_threads=$(threads)
