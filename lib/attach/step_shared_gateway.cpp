@@ -75,11 +75,11 @@ int shared_threads() {
 }
 
 // An idle exporter connection costs the gateway nbdkit's connection
-// thread and its --threads workers: a plain volume's exporter closes it
-// after this long without a request (the plugin keeps the image open and
-// locked while the volume is registered), and connects again at its next
-// request (a few ms). Not a decrypting gateway's: the luks2 filter unlocks
-// the volume anew (PBKDF) at the first connection after none.
+// thread and its --threads workers: a volume's exporter closes it after
+// this long without a request (the plugin keeps the image open and locked
+// while the volume is registered; on a decrypting gateway the luks2 filter
+// keeps the unlocked volume while its passphrase is in the secret store),
+// and connects again at its next request (a few ms, no PBKDF run).
 constexpr int kIdleDisconnect = 10;
 
 std::string hex16_sha256(const std::string& data) {

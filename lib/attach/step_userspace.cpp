@@ -37,7 +37,9 @@ void fuse_exporter_run(Context& c) {
     // (bench/attach/levers.sh, idle-threads 2 vs all: same speed within
     // the noise, 20 -> 6 exporter threads after a 4K random read).
     argv.insert(argv.begin() + 1, {"--export", s.volume_id, "--connections", "1", "--idle-threads", "2"});
-    if (const int idle = shared_idle_disconnect(); idle > 0 && !s.encrypted)
+    // Encrypted volumes too: the luks2 filter keeps the unlocked volume
+    // while its secret store entry exists, so a reconnect runs no PBKDF.
+    if (const int idle = shared_idle_disconnect(); idle > 0)
       argv.insert(argv.begin() + 1, {"--idle-disconnect", std::to_string(idle)});
   }
   s.fuse = spawn_detached(argv, s.run_dir + "/fuse.log", {}, fuse_pid_file(s));

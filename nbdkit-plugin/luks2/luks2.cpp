@@ -20,8 +20,13 @@
 // volume N in the secret store DIR (attach::load_secret, with all its
 // checks), read at the export's first open, so exports added later need no
 // restart. The unlocked volume is kept per export name (never shared between
-// exports, even with identical headers), shared by that export's
-// connections and dropped, key wiped, with its last connection; the
+// exports, even with identical headers) and shared by that export's
+// connections. It is also kept with no connection open, as long as the
+// export's store entry is the file it was unlocked with (the volume is
+// mapped), so that a client which closes idle connections (rbdgw-fuse
+// --idle-disconnect) costs no PBKDF run per reconnect; a sweeper thread
+// drops it, key wiped, within kSweep of the entry's removal (unmap) or
+// replacement, and a connection still open keeps it until it closes. The
 // passphrase is wiped right after the unlock. A missing, refused or wrong
 // passphrase, or a name that is no volume id, fails only that connection's
 // open and is tried afresh at the next one (a wrong passphrase only once its
@@ -44,7 +49,10 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
+#include <condition_variable>
+#include <chrono>
 
 #include "attach/attach.hpp"
 #include "attach/secret_store.hpp"
@@ -84,12 +92,27 @@ struct Volume {
 std::mutex volume_mu;
 std::shared_ptr<Volume> last_volume;  // guarded by volume_mu
 
+// The identity of a store file: its inode, size and times.
+struct FileId {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = 0;
+  std::int64_t mtime_s = 0, mtime_ns = 0, ctime_s = 0, ctime_ns = 0;
+  bool operator==(const FileId&) const = default;
+};
+
 // passphrase-store mode: the unlocked volume of each export, by name. A slot
-// lives while a connection of its export holds it (copies are taken under
-// slots_mu only, so use_count() == 1 there means only the map holds it).
+// lives while a connection of its export holds it or it keeps the volume
+// (copies are taken under slots_mu only, so use_count() == 1 there means
+// only the map holds it).
 struct Slot {
   std::mutex mu;              // one unlock at a time per export
   std::weak_ptr<Volume> vol;  // guarded by mu; owned by the connections
+  // guarded by mu: the volume kept with no connection open, while the
+  // export's store entry is still unlocked_with (the file it was unlocked
+  // with); see the header comment.
+  std::shared_ptr<Volume> kept;
+  std::optional<FileId> unlocked_with;
 };
 std::mutex slots_mu;
 std::map<std::string, std::shared_ptr<Slot>> slots;  // guarded by slots_mu
@@ -103,13 +126,6 @@ std::mutex unlock_mu;
 // the same way without a PBKDF run under unlock_mu, which every other
 // export's first open waits for, until the store entry or the header
 // changes. Nothing secret is kept (no byte of the passphrase).
-struct FileId {
-  dev_t dev = 0;
-  ino_t ino = 0;
-  off_t size = 0;
-  std::int64_t mtime_s = 0, mtime_ns = 0, ctime_s = 0, ctime_ns = 0;
-  bool operator==(const FileId&) const = default;
-};
 struct WrongPassphrase {
   std::vector<std::uint8_t> fp;
   FileId file;
@@ -125,6 +141,7 @@ struct Handle {
   std::shared_ptr<Slot> slot;
   std::shared_ptr<Volume> vol;
   std::uint64_t size = 0;  // of the decrypted segment
+  std::optional<FileId> store_file;  // passphrase-store mode: the entry seen at open
 };
 
 // The export name for messages: printable ASCII, '\xNN' otherwise, at most
@@ -144,11 +161,70 @@ std::string printable(std::string_view name) {
   return out;
 }
 
-// Drops the map's slot of export name when nobody else holds it.
+// Drops the map's slot of export name when nobody else holds it and it
+// keeps no volume.
 void release_slot(const std::string& name) {
   std::lock_guard lock(slots_mu);
   auto it = slots.find(name);
-  if (it != slots.end() && it->second.use_count() == 1) slots.erase(it);
+  if (it == slots.end() || it->second.use_count() != 1) return;
+  std::lock_guard slot_lock(it->second->mu);
+  if (!it->second->kept) slots.erase(it);
+}
+
+// The identity of export name's store file, or none (missing, unreadable).
+std::optional<FileId> store_file_id(const std::string& name) {
+  struct stat st;
+  const std::string path = cat(passphrase_store, "/", name, ".passphrase");
+  if (::lstat(path.c_str(), &st) != 0) return std::nullopt;
+  return FileId{st.st_dev, st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
+                st.st_ctim.tv_sec, st.st_ctim.tv_nsec};
+}
+
+// passphrase-store mode: every kSweep, drops each kept volume whose store
+// entry is gone or was replaced (its key is wiped with the last reference),
+// and the slots left empty. Started at the first unlock, stopped at unload.
+constexpr auto kSweep = std::chrono::seconds(1);
+std::mutex sweeper_mu;
+std::condition_variable sweeper_cv;
+bool sweeper_stop = false;  // guarded by sweeper_mu
+std::thread sweeper;        // guarded by sweeper_mu
+
+void sweep_kept() {
+  std::vector<std::shared_ptr<Volume>> dropped;  // destroyed outside the locks
+  std::lock_guard lock(slots_mu);
+  for (auto it = slots.begin(); it != slots.end();) {
+    Slot& slot = *it->second;
+    bool empty = false;
+    {
+      // A slot being unlocked (which may take long: a slow image, a PBKDF
+      // run) is left for the next sweep; waiting for it here, under
+      // slots_mu, would hold up every other export's open.
+      std::unique_lock slot_lock(slot.mu, std::try_to_lock);
+      if (!slot_lock.owns_lock()) {
+        ++it;
+        continue;
+      }
+      if (slot.kept && store_file_id(it->first) != slot.unlocked_with) {
+        dropped.push_back(std::move(slot.kept));
+        slot.kept.reset();
+      }
+      empty = !slot.kept && it->second.use_count() == 1;
+    }
+    it = empty ? slots.erase(it) : std::next(it);
+  }
+}
+
+void start_sweeper() {
+  std::lock_guard lock(sweeper_mu);
+  if (sweeper.joinable() || sweeper_stop) return;
+  sweeper = std::thread([] {
+    std::unique_lock lock(sweeper_mu);
+    while (!sweeper_cv.wait_for(lock, kSweep, [] { return sweeper_stop; })) {
+      lock.unlock();
+      sweep_kept();
+      lock.lock();
+    }
+  });
 }
 
 // Runs f, mapping any exception to nbdkit_error and *err (when err is
@@ -347,18 +423,14 @@ std::shared_ptr<Volume> unlock_export_locked(NextDevice& dev, Handle& h, std::ui
     h.slot = slot;
   }
   std::lock_guard lock(h.slot->mu);
-  if (auto v = h.slot->vol.lock(); v && v->fingerprint == fp) return v;
-
   // The store file's identity, taken before it is read: a file replaced in
   // between only costs a PBKDF run more, never refuses a good passphrase.
-  std::optional<FileId> file;
-  {
-    struct stat st;
-    const std::string path = cat(passphrase_store, "/", h.name, ".passphrase");
-    if (::lstat(path.c_str(), &st) == 0)
-      file = FileId{st.st_dev, st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec,
-                    st.st_ctim.tv_sec, st.st_ctim.tv_nsec};
-  }
+  const std::optional<FileId> file = store_file_id(h.name);
+  h.store_file = file;
+  // A kept volume whose entry was removed or replaced since is not used
+  // again (the sweeper may not have seen it yet).
+  if (h.slot->kept && file != h.slot->unlocked_with) h.slot->kept.reset();
+  if (auto v = h.slot->vol.lock(); v && v->fingerprint == fp) return v;
   if (file) {
     std::lock_guard lock(wrong_mu);
     auto it = wrong.find(h.name);
@@ -398,6 +470,9 @@ std::shared_ptr<Volume> unlock_export_locked(NextDevice& dev, Handle& h, std::ui
     wrong.erase(h.name);
   }
   h.slot->vol = vol;
+  h.slot->kept.reset();  // another header's volume
+  h.slot->unlocked_with = file;
+  start_sweeper();
   return vol;
 }
 
@@ -425,6 +500,15 @@ void luks2_load() {
 }
 
 void luks2_unload() {
+  {
+    std::unique_lock lock(sweeper_mu);
+    sweeper_stop = true;
+    sweeper_cv.notify_all();
+    if (sweeper.joinable()) {
+      lock.unlock();
+      sweeper.join();
+    }
+  }
   {
     std::lock_guard lock(slots_mu);
     slots.clear();
@@ -551,6 +635,11 @@ int luks2_prepare(nbdkit_next* next, void* handle, int readonly) {
     auto vol = passphrase_store.empty() ? unlock_volume(next, h->object, dev_size)
                                         : unlock_export(next, *h, dev_size);
     h->size = segment_size(vol->segment, dev_size, h->object);
+    if (h->slot) {
+      // Opened: kept while its store entry is the one it was unlocked with.
+      std::lock_guard lock(h->slot->mu);
+      if (h->slot->unlocked_with && h->store_file == h->slot->unlocked_with) h->slot->kept = vol;
+    }
     h->vol = std::move(vol);
   });
 }

@@ -75,3 +75,44 @@ new_secret_store() {
   cat /proc/sys/kernel/random/boot_id >"$store/boot_id"
   chmod 0600 "$store/boot_id"
 }
+
+# make_luks_export EXPORTS-DIR NAME [IMAGE-BYTES]: a LUKS2 image (pbkdf2,
+# 1000 iterations) with a random passphrase ($TEST_TMP/NAME.pass, also in
+# the secret store $store as NAME's entry) and its volume key in
+# $TEST_TMP/NAME.vk, registered as export NAME; removed at the end.
+make_luks_export() {
+  local exdir=$1 name=$2 bytes=${3:-$((20 << 20))} f="$TEST_TMP/$2.luks" img
+  head -c 24 /dev/urandom | base64 | tr -d '\n' >"$TEST_TMP/$name.pass"
+  truncate -s $((24 << 20)) "$f"
+  cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+    --key-file "$TEST_TMP/$name.pass" "$f"
+  cryptsetup luksDump -q --dump-volume-key --volume-key-file "$TEST_TMP/$name.vk" \
+    --key-file "$TEST_TMP/$name.pass" "$f" >/dev/null
+  [ "$(stat -c %s "$TEST_TMP/$name.vk")" = 64 ] || { echo "$name: not a 512-bit key" >&2; return 1; }
+  truncate -s "$bytes" "$f"
+  img=$(unique "$TEST_NAME-$name")
+  cleanup_fn "rbd_cli rm --no-progress rbd/$img"
+  rbd_cli import --no-progress "$f" "rbd/$img" >/dev/null
+  register_export "$exdir" "$name" "$img"
+  install -m 0600 "$TEST_TMP/$name.pass" "$store/$name.passphrase"
+}
+
+# start_decrypting SOCKVAR PIDVAR LOG EXPORTS-DIR: as start_shared, with the
+# luks2 filter reading each export's passphrase from $store, and nbdkit -v
+# (the filter's "unlocked with keyslot" lines count PBKDF runs).
+start_decrypting() {
+  local __sv=$1 __pv=$2 __log=$3 __dir=$4
+  local __s="$TEST_TMP/dec-$RANDOM.sock" __p="$TEST_TMP/dec-$RANDOM.pid" __i __pid
+  nbdkit -f -v -U "$__s" -P "$__p" --filter="$RBDGW_FILTER" "$RBDGW_PLUGIN" "exports-dir=$__dir" \
+    exclusive=true durable-writes=true "conf=$CEPH_CONF" "passphrase-store=$store" 2>>"$__log" &
+  __pid=$!
+  cleanup_fn "kill $__pid; for _ in \$(seq 50); do kill -0 $__pid 2>/dev/null || break; sleep 0.1; done; kill -9 $__pid"
+  for ((__i = 0; __i < 300; __i++)); do
+    [ -s "$__p" ] && [ -S "$__s" ] && break
+    kill -0 $__pid 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -s "$__p" ] || { cat "$__log" >&2; echo "start_decrypting: nbdkit did not start" >&2; return 1; }
+  printf -v "$__sv" '%s' "$__s"
+  printf -v "$__pv" '%s' "$__pid"
+}

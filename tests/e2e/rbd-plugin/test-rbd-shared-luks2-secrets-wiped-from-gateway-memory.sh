@@ -2,7 +2,9 @@
 # A shared decrypting gateway (`nbdkit --filter=luks2 rbd exports-dir=...
 # passphrase-store=...`) keeps no copy of a volume's passphrase once the
 # volume is unlocked, and none of its volume key once the export's last
-# connection closed; nothing of a passphrase that failed either, nor of the
+# connection closed and its secret store entry is gone (unmap; while the
+# entry is there the key is kept for the next connection); nothing of a
+# passphrase that failed either, nor of the
 # key of a volume unlocked and then refused (an image that ends where its
 # data segment starts: an error after the unlock). Searched for in the whole
 # readable memory of the gateway (find_in_memory.py); that the search finds
@@ -18,29 +20,10 @@ exdir=$TEST_TMP/exports log=$TEST_TMP/gateway.log
 mkdir "$exdir"
 new_secret_store
 
-# make_volume NAME [IMAGE-BYTES]: a LUKS2 image with
-# a random passphrase ($TEST_TMP/NAME.pass, also in the store) and its
-# volume key in $TEST_TMP/NAME.vk, registered as export NAME.
-make_volume() {
-  local name=$1 bytes=${2:-$((20 << 20))} f="$TEST_TMP/$1.luks" img
-  head -c 24 /dev/urandom | base64 | tr -d '\n' >"$TEST_TMP/$name.pass"
-  truncate -s $((24 << 20)) "$f"
-  cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
-    --key-file "$TEST_TMP/$name.pass" "$f"
-  cryptsetup luksDump -q --dump-volume-key --volume-key-file "$TEST_TMP/$name.vk" \
-    --key-file "$TEST_TMP/$name.pass" "$f" >/dev/null
-  [ "$(stat -c %s "$TEST_TMP/$name.vk")" = 64 ] || fail "$name: not a 512-bit key"
-  truncate -s "$bytes" "$f"
-  img=$(unique "$TEST_NAME")
-  cleanup_fn "rbd_cli rm --no-progress rbd/$img"
-  rbd_cli import --no-progress "$f" "rbd/$img" >/dev/null
-  register_export "$exdir" "$name" "$img"
-  install -m 0600 "$TEST_TMP/$name.pass" "$store/$name.passphrase"
-}
-make_volume vol
-make_volume other
+make_luks_export "$exdir" vol
+make_luks_export "$exdir" other
 # The data segment at 16 MiB of a 16 MiB image: unlocked, then refused.
-make_volume short $((16 << 20))
+make_luks_export "$exdir" short $((16 << 20))
 printf 'wrong passphrase %s' "$(head -c 12 /dev/urandom | base64)" >"$TEST_TMP/wrong"
 install -m 0600 "$TEST_TMP/wrong" "$store/other.passphrase"
 
@@ -85,8 +68,22 @@ grep -q "luks2: export 'other': wrong passphrase" "$log" || { cat "$log" >&2; fa
 grep -q "luks2: export 'short': truncated LUKS2 volume" "$log" || { cat "$log" >&2; fail "short: no 'truncated LUKS2 volume' error"; }
 pass "other (wrong passphrase) and short (segment past the image's end) refused"
 sleep 0.5  # the gateway's close of the last connection
-/usr/bin/python3 "$find_mem" "$pid" "$TEST_TMP/vol.vk" "$TEST_TMP/vol.pass" "$TEST_TMP/wrong" \
+/usr/bin/python3 "$find_mem" "$pid" "$TEST_TMP/vol.pass" "$TEST_TMP/wrong" \
   "$TEST_TMP/short.vk" "$TEST_TMP/short.pass" >"$TEST_TMP/found" ||
-  fail "secrets left in the gateway's memory: $(cat "$TEST_TMP/found")"
+  fail "secrets left in the gateway's memory after the last close: $(cat "$TEST_TMP/found")"
+pass "no key of short and no passphrase left in the gateway's memory after the last close"
+
+# vol's key is kept while vol's store entry is there (mapped: a reconnect
+# needs no PBKDF run), and wiped once the entry is removed (unmap).
+if /usr/bin/python3 "$find_mem" "$pid" "$TEST_TMP/vol.vk" >/dev/null; then
+  fail "vol's key is gone with its store entry still there"
+fi
+rm "$store/vol.passphrase"
+for _ in $(seq 50); do
+  /usr/bin/python3 "$find_mem" "$pid" "$TEST_TMP/vol.vk" >"$TEST_TMP/found" && break
+  sleep 0.1
+done
+/usr/bin/python3 "$find_mem" "$pid" "$TEST_TMP/vol.vk" >"$TEST_TMP/found" ||
+  fail "vol's key still in the gateway's memory 5 s after its store entry was removed: $(cat "$TEST_TMP/found")"
 kill -0 $pid || fail "the gateway died"
-pass "no key of vol or short and no passphrase left in the gateway's memory after the last close"
+pass "vol's key kept while its store entry exists, wiped after the entry's removal"
