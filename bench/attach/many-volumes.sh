@@ -21,7 +21,7 @@
 # BENCH_FUSE_ARGS (e.g. "--connections 2 --threads 2").
 # --map-shared: `rbdgw map --shared-gateway` (the product's shared gateway:
 # one per kind, lib/attach/step_shared_gateway.cpp); with --encrypted too.
-# Plain volumes there close their idle connections: a last sample is taken
+# Volumes there close their idle connections: a last sample is taken
 # once they have (RBDGW_IDLE_DISCONNECT + 3 s after the I/O).
 # Leaves nothing behind (unmaps, stops the cluster, removes its directory).
 # Uses the build in $RBDGW_BUILD_DIR (default: build/ in the source tree).
@@ -42,6 +42,7 @@ done
 build=$(cd "${RBDGW_BUILD_DIR:-$src/build}" && pwd)
 rbdgw=$build/csi-shim/cli/rbdgw fuse=$build/csi-shim/fuse/rbdgw-fuse
 export RBDGW_PLUGIN=$build/nbdkit-plugin/rbd/nbdkit-rbd-plugin.so
+export RBDGW_FILTER=$build/nbdkit-plugin/luks2/nbdkit-luks2-filter.so
 dir=$(mktemp -d /var/tmp/rbdgw-bench-many.XXXXXX)
 run_root=$dir/run cluster=$dir/cluster
 shared_pid=
@@ -170,11 +171,12 @@ for dev in $(devices); do
 done
 sleep 1
 read -r -d '' after_io < <(sample) || true
-# --map-shared: idle again, once every plain volume's exporter has closed
-# its idle connection (rbdgw-fuse --idle-disconnect, RBDGW_IDLE_DISCONNECT
-# seconds, 10 as shipped; encrypted volumes keep theirs).
+# --map-shared: idle again, once every volume's exporter has closed its
+# idle connection (rbdgw-fuse --idle-disconnect, RBDGW_IDLE_DISCONNECT
+# seconds, 10 as shipped; encrypted volumes too, since the luks2 filter
+# keeps a mapped volume unlocked).
 idle_after=
-if [ ${#mapargs[@]} -gt 0 ] && [ -z "$encrypted" ] && [ "${RBDGW_IDLE_DISCONNECT:-10}" != 0 ]; then
+if [ ${#mapargs[@]} -gt 0 ] && [ "${RBDGW_IDLE_DISCONNECT:-10}" != 0 ]; then
   sleep $(( ${RBDGW_IDLE_DISCONNECT:-10} + 3 ))
   read -r -d '' idle_after < <(sample) || true
 fi

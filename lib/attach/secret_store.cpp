@@ -177,13 +177,14 @@ Fd open_root(const std::string& root, bool create, bool mounted = false) {
   const auto type = static_cast<unsigned long>(sf.f_type);
   if (type != TMPFS_MAGIC && type != RAMFS_MAGIC) {
     // Where /run itself is on disk (some minimal VMs), an empty store gets
-    // a small tmpfs of its own: it outlives the service like /run would,
+    // a tmpfs of its own (16 MiB: a page per secret file, two files for
+    // each of 1000 volumes, used only as written): it outlives the service like /run would,
     // and is gone after a reboot. A store already holding files is never
     // covered up.
     if (create && !mounted && is_empty_dir(fd.get()) &&
         ::mount("tmpfs", root.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                "mode=0700,size=1m") == 0) {
-      log::info(object, ": not on tmpfs; mounted a private tmpfs (1 MiB) on it");
+                "mode=0700,size=16m") == 0) {
+      log::info(object, ": not on tmpfs; mounted a private tmpfs (16 MiB) on it");
       return open_root(root, create, true);
     }
     char hex[24];

@@ -206,6 +206,36 @@ TEST_F(SecretStore, NeverPutsASecretOnAPersistentFilesystem) {
   EXPECT_EQ(left, (std::vector<std::string>{"stray"})) << "a secret reached the disk";
 }
 
+TEST_F(SecretStore, APrivateTmpfsHoldsTheSecretsOfAThousandVolumes) {
+  // Where the store gets a tmpfs of its own (/run on disk), it must hold a
+  // node's many volumes (issue 13): a passphrase and a cephx key for each
+  // of 1000 (a file is at least one page of tmpfs).
+  const std::string dir = fs::absolute("secret-store-many-" + std::to_string(::getpid())).string();
+  fs::remove_all(dir);
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
+  if (on_tmpfs(dir)) {
+    fs::remove_all(dir);
+    GTEST_SKIP() << "the build tree is on tmpfs";
+  }
+  int stored = 0;
+  std::string msg;
+  for (int i = 0; i < 1000; ++i) {
+    const std::string vol = "rbd.many-" + std::to_string(i);
+    const int e = error_code([&] {
+      store_secret(vol, "passphrase", secret(kSecret), dir);
+      store_secret(vol, "cephx", secret(kSecret), dir);
+    }, &msg);
+    if (e != 0) break;
+    ++stored;
+  }
+  const bool covered = on_tmpfs(dir);
+  ::umount2(dir.c_str(), MNT_DETACH);
+  fs::remove_all(dir);
+  EXPECT_TRUE(covered);
+  EXPECT_EQ(stored, 1000) << "the private tmpfs took the secrets of " << stored
+                          << " volumes only: " << msg;
+}
+
 TEST_F(SecretStore, RefusesASecretFileOthersCouldRead) {
   store_secret(vol_, "passphrase", secret(kSecret), root_);
   ASSERT_EQ(::chmod(file("passphrase").c_str(), 0644), 0);
