@@ -69,7 +69,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 log() { echo "many-volumes: $*" >&2; }
-eval "$("$src/tests/cluster/ceph-cluster.sh" start "$cluster")"
+# Room for every volume's writes (a LUKS2 header alone is 16 MiB: 100
+# encrypted volumes filled the default 2G and every write blocked); memstore
+# takes RAM only as written.
+eval "$("$src/tests/cluster/ceph-cluster.sh" start "$cluster" --memstore-size "$((2048 + n * 48))M")"
 export CEPH_CONF
 enc=()
 if [ -n "$encrypted" ]; then

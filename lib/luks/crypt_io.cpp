@@ -1,8 +1,13 @@
 #include "luks/crypt_io.hpp"
 
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <memory>
+
+#include "common/error.hpp"
 
 namespace rbdgw::luks {
 namespace {
@@ -14,10 +19,37 @@ constexpr std::size_t kMaxSector = 4096;
 alignas(kMaxSector) std::uint8_t zero_chunk[CryptIO::kChunk];
 
 // The calling thread's bounce buffer for encrypted writes (kChunk bytes,
-// allocated on the thread's first aligned write, freed when it exits).
+// mapped on the thread's first aligned write, unmapped when it exits).
+// Its own mapping, not malloc: a gateway's worker threads come and go with
+// their connections, and glibc kept their freed 1 MiB buffers in its
+// per-thread arenas (its mmap threshold grows past 1 MiB after the first
+// free), so a shared decrypting gateway whose 100 volumes had all been
+// busy once held ~5 MiB per volume with no connection left
+// (bench/attach/many-volumes.sh --encrypted --map-shared).
+class BounceBuffer {
+ public:
+  BounceBuffer() = default;
+  BounceBuffer(const BounceBuffer&) = delete;
+  BounceBuffer& operator=(const BounceBuffer&) = delete;
+  ~BounceBuffer() {
+    if (p_) ::munmap(p_, CryptIO::kChunk);
+  }
+  std::uint8_t* get() {
+    if (!p_) {
+      void* p = ::mmap(nullptr, CryptIO::kChunk, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) throw Error(ENOMEM, "LUKS2 write: no memory for a 1 MiB bounce buffer");
+      p_ = p;
+    }
+    return static_cast<std::uint8_t*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+};
+
 std::uint8_t* bounce_buffer() {
-  thread_local std::unique_ptr<std::uint8_t[]> buf;
-  if (!buf) buf.reset(new std::uint8_t[CryptIO::kChunk]);
+  thread_local BounceBuffer buf;
   return buf.get();
 }
 
