@@ -38,6 +38,9 @@
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-filter.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <array>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -113,7 +116,26 @@ struct Slot {
   // with); see the header comment.
   std::shared_ptr<Volume> kept;
   std::optional<FileId> unlocked_with;
+  // guarded by mu: SHA-256(salt || passphrase) of the entry it was unlocked
+  // with (salt random per unlock), so that a reuse checks the entry's
+  // content, read with all of load_secret's checks, not its identity alone.
+  std::array<std::uint8_t, 32> salt{}, digest{};
 };
+
+std::array<std::uint8_t, 32> salted_digest(const std::array<std::uint8_t, 32>& salt,
+                                           const SecretBuffer& pw) {
+  std::array<std::uint8_t, 32> out{};
+  EVP_MD_CTX* c = EVP_MD_CTX_new();
+  unsigned n = 0;
+  if (!c || EVP_DigestInit_ex(c, EVP_sha256(), nullptr) != 1 ||
+      EVP_DigestUpdate(c, salt.data(), salt.size()) != 1 ||
+      EVP_DigestUpdate(c, pw.data(), pw.size()) != 1 || EVP_DigestFinal_ex(c, out.data(), &n) != 1) {
+    EVP_MD_CTX_free(c);
+    throw Error(EIO, "SHA-256 failed");
+  }
+  EVP_MD_CTX_free(c);
+  return out;
+}
 std::mutex slots_mu;
 std::map<std::string, std::shared_ptr<Slot>> slots;  // guarded by slots_mu
 
@@ -141,7 +163,6 @@ struct Handle {
   std::shared_ptr<Slot> slot;
   std::shared_ptr<Volume> vol;
   std::uint64_t size = 0;  // of the decrypted segment
-  std::optional<FileId> store_file;  // passphrase-store mode: the entry seen at open
 };
 
 // The export name for messages: printable ASCII, '\xNN' otherwise, at most
@@ -426,11 +447,29 @@ std::shared_ptr<Volume> unlock_export_locked(NextDevice& dev, Handle& h, std::ui
   // The store file's identity, taken before it is read: a file replaced in
   // between only costs a PBKDF run more, never refuses a good passphrase.
   const std::optional<FileId> file = store_file_id(h.name);
-  h.store_file = file;
   // A kept volume whose entry was removed or replaced since is not used
   // again (the sweeper may not have seen it yet).
-  if (h.slot->kept && file != h.slot->unlocked_with) h.slot->kept.reset();
-  if (auto v = h.slot->vol.lock(); v && v->fingerprint == fp) return v;
+  bool entry_same = file && file == h.slot->unlocked_with;
+  if (entry_same) {
+    // The entry as load_secret reads it now (the store's checks included)
+    // must be the passphrase it was unlocked with; any error is reported
+    // by the full path below.
+    try {
+      auto now = attach::load_secret(h.name, "passphrase", passphrase_store);
+      entry_same = now && CRYPTO_memcmp(salted_digest(h.slot->salt, *now).data(),
+                                        h.slot->digest.data(), 32) == 0;
+    } catch (...) {
+      entry_same = false;
+    }
+  }
+  if (h.slot->kept && !entry_same) h.slot->kept.reset();
+  // The volume the export's connections share, while its entry is unchanged.
+  std::shared_ptr<Volume> live = h.slot->vol.lock();
+  if (live && live->fingerprint != fp) live.reset();
+  if (live && entry_same) return live;
+  // Not for this header or entry: the kept volume is no use while the
+  // unlock below runs (which may take long: the sweeper skips this slot).
+  if (!entry_same || !live) h.slot->kept.reset();
   if (file) {
     std::lock_guard lock(wrong_mu);
     auto it = wrong.find(h.name);
@@ -452,6 +491,10 @@ std::shared_ptr<Volume> unlock_export_locked(NextDevice& dev, Handle& h, std::ui
   if (pw->empty())
     throw Error(EINVAL, cat(h.object, ": the passphrase in the secret store ", passphrase_store,
                             " is empty"));
+  std::array<std::uint8_t, 32> salt{};
+  if (RAND_bytes(salt.data(), static_cast<int>(salt.size())) != 1)
+    throw Error(EIO, "RAND_bytes failed");
+  const auto digest = salted_digest(salt, *pw);
   std::vector<std::uint8_t> header = fp;
   std::shared_ptr<Volume> vol;
   bool wrong_pass = false;
@@ -469,9 +512,14 @@ std::shared_ptr<Volume> unlock_export_locked(NextDevice& dev, Handle& h, std::ui
     std::lock_guard lock(wrong_mu);
     wrong.erase(h.name);
   }
+  // The entry changed under open connections and checks out: the same
+  // header's volume stays the one shared (one set of RMW locks).
+  if (live) vol = live;
   h.slot->vol = vol;
   h.slot->kept.reset();  // another header's volume
   h.slot->unlocked_with = file;
+  h.slot->salt = salt;
+  h.slot->digest = digest;
   start_sweeper();
   return vol;
 }
@@ -638,7 +686,10 @@ int luks2_prepare(nbdkit_next* next, void* handle, int readonly) {
     if (h->slot) {
       // Opened: kept while its store entry is the one it was unlocked with.
       std::lock_guard lock(h->slot->mu);
-      if (h->slot->unlocked_with && h->store_file == h->slot->unlocked_with) h->slot->kept = vol;
+      // The entry as it is now: an open that raced the sweeper must not put
+      // back a volume whose entry went meanwhile.
+      if (h->slot->unlocked_with && store_file_id(h->name) == h->slot->unlocked_with)
+        h->slot->kept = vol;
     }
     h->vol = std::move(vol);
   });

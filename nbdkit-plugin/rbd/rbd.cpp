@@ -58,6 +58,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
@@ -581,6 +582,13 @@ void rbd_close(void* h) {
   auto* c = static_cast<Conn*>(h);
   if (!exports_dir.empty()) (void)guard_void([&] { close_shared(c->e); });
   delete c;
+  // nbdkit has joined the connection's worker threads: give back what their
+  // malloc arenas kept of the requests' buffers (nbdkit's 1 MiB write
+  // buffers, librbd's). Without this a gateway whose connections come and
+  // go (idle disconnects of a shared gateway's volumes) kept its busiest
+  // moment's memory: 94 MiB after 128 MiB of writes on 4 connections
+  // (test-rbd-shared-luks2-closed-connections-give-memory-back).
+  ::malloc_trim(0);
 }
 
 int64_t rbd_get_size(void* h) {
