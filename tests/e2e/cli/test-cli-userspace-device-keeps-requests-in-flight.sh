@@ -96,3 +96,24 @@ PY
 pass "fsync of a file in the mounted filesystem reached the gateway as an NBD flush ($((after - before)) flush(es))"
 cli unmap "$mnt"
 assert_clean
+
+# As shipped (the exporter rbdgw runs, its own connections and threads):
+# more than 16 of the loop device's 32 reads in flight reach the gateway
+# (its 2 connections x nbdkit's 16 workers take 32; rbdgw-fuse's 16 FUSE
+# threads capped them at 16 before rbdgw gave it --threads 32).
+nbdlog3=$TEST_TMP/nbd3.log
+cat >"$TEST_TMP/nbdkit3" <<SH
+#!/bin/sh
+exec nbdkit --filter=log --filter=delay "\$@" logfile=$nbdlog3 rdelay=20ms
+SH
+chmod +x "$TEST_TMP/nbdkit3"
+new_image img3 64M
+dev=$(RBDGW_FUSE_EXPORTER="$RBDGW_BUILD_DIR/csi-shim/fuse/rbdgw-fuse" NBDKIT=$TEST_TMP/nbdkit3 \
+  cli map "rbd/$img3" --conf "$CEPH_CONF" --attach userspace)
+fio --name=inflight3 --filename="$dev" --ioengine=libaio --direct=1 --rw=randread --bs=4k \
+  --iodepth=32 --number_ios=512 --size=32M --output=/dev/null || fail "fio on $dev failed"
+n=$(max_in_flight "$nbdlog3")
+[ "$n" -gt 16 ] || fail "as shipped, at most $n read(s) in flight at the gateway for 32 in flight on $dev"
+pass "as shipped: $n reads in flight at the gateway for 32 in flight on the loop device"
+cli unmap "rbd/$img3" >/dev/null
+assert_clean
