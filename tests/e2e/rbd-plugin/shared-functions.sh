@@ -17,11 +17,20 @@ export_uri() { echo "nbd+unix:///$2?socket=$1"; }
 # start_shared SOCKVAR PIDVAR LOG EXPORTS-DIR: one nbdkit serving every
 # export registered in EXPORTS-DIR, one writer per image (exclusive=true,
 # durable-writes=true, as lib/attach starts gateways); its messages go to LOG.
-start_shared() {
-  local __sv=$1 __pv=$2 __log=$3 __dir=$4
-  local __s="$TEST_TMP/shared-$RANDOM.sock" __p="$TEST_TMP/shared-$RANDOM.pid" __i __pid
-  nbdkit -f -U "$__s" -P "$__p" "$RBDGW_PLUGIN" "exports-dir=$__dir" \
-    exclusive=true durable-writes=true "conf=$CEPH_CONF" 2>>"$__log" &
+start_shared() { _start_exports "$@"; }
+
+# _start_exports SOCKVAR PIDVAR LOG EXPORTS-DIR [NBDKIT-OPTION... [-- PARAM...]]:
+# start_shared with NBDKIT-OPTIONs before the plugin and PARAMs after it.
+_start_exports() {
+  local __sv=$1 __pv=$2 __log=$3 __dir=$4 __i __pid
+  local __s="$TEST_TMP/shared-$RANDOM.sock" __p="$TEST_TMP/shared-$RANDOM.pid"
+  shift 4
+  local __pre=() __post=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do __pre+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  __post=("$@")
+  nbdkit -f -U "$__s" -P "$__p" "${__pre[@]}" "$RBDGW_PLUGIN" "exports-dir=$__dir" \
+    exclusive=true durable-writes=true "conf=$CEPH_CONF" "${__post[@]}" 2>>"$__log" &
   __pid=$!
   cleanup_fn "kill $__pid; for _ in \$(seq 50); do kill -0 $__pid 2>/dev/null || break; sleep 0.1; done; kill -9 $__pid"
   for ((__i = 0; __i < 300; __i++)); do
@@ -101,18 +110,5 @@ make_luks_export() {
 # luks2 filter reading each export's passphrase from $store, and nbdkit -v
 # (the filter's "unlocked with keyslot" lines count PBKDF runs).
 start_decrypting() {
-  local __sv=$1 __pv=$2 __log=$3 __dir=$4
-  local __s="$TEST_TMP/dec-$RANDOM.sock" __p="$TEST_TMP/dec-$RANDOM.pid" __i __pid
-  nbdkit -f -v -U "$__s" -P "$__p" --filter="$RBDGW_FILTER" "$RBDGW_PLUGIN" "exports-dir=$__dir" \
-    exclusive=true durable-writes=true "conf=$CEPH_CONF" "passphrase-store=$store" 2>>"$__log" &
-  __pid=$!
-  cleanup_fn "kill $__pid; for _ in \$(seq 50); do kill -0 $__pid 2>/dev/null || break; sleep 0.1; done; kill -9 $__pid"
-  for ((__i = 0; __i < 300; __i++)); do
-    [ -s "$__p" ] && [ -S "$__s" ] && break
-    kill -0 $__pid 2>/dev/null || break
-    sleep 0.1
-  done
-  [ -s "$__p" ] || { cat "$__log" >&2; echo "start_decrypting: nbdkit did not start" >&2; return 1; }
-  printf -v "$__sv" '%s' "$__s"
-  printf -v "$__pv" '%s' "$__pid"
+  _start_exports "$1" "$2" "$3" "$4" -v --filter="$RBDGW_FILTER" -- "passphrase-store=$store"
 }
