@@ -27,6 +27,15 @@ kill -9 "$old"
 expect_status 1 cli status "rbd/$img"
 grep -q "gateway-dead" "$TEST_TMP/out" || fail "status does not report the dead gateway"
 
+# A read that surely reaches the exporter while no gateway runs (the
+# writer's requests may all have been answered before the kill, or come
+# after the reattach): it waits, and the exporter reconnects it.
+dev=$(findmnt -n -o SOURCE "$mnt")
+dd if="$dev" of=/dev/null bs=4k count=1 skip=100 iflag=direct status=none &
+reader=$!
+cleanup_fn "kill $reader"
+for _ in $(seq 100); do grep -q "lost" "$RUN_ROOT/rbd.$img/fuse.log" && break; sleep 0.1; done
+grep -q "lost" "$RUN_ROOT/rbd.$img/fuse.log" || fail "the exporter did not see its gateway go"
 cli reattach >"$TEST_TMP/reattach" 2>"$TEST_TMP/reattach.err"
 grep -q "ok" "$TEST_TMP/reattach" || fail "reattach did not report ok: $(cat "$TEST_TMP/reattach")"
 # The new gateway takes the dead one's exclusive lock over at once (same
@@ -36,6 +45,7 @@ grep -q "taking over the exclusive lock of .*: its process $old on this node is 
   fail "the new gateway did not take over the dead one's lock: $(cat "$RUN_ROOT/rbd.$img/gateway.log")"
 [ "$(gateway_pid)" != "$old" ] || fail "gateway pid unchanged after reattach"
 wait "$writer" || fail "the write in flight failed"
+wait "$reader" || fail "the read made while the gateway was dead failed"
 [ -e "$TEST_TMP/writer-ok" ] || fail "the write in flight did not finish"
 findmnt -n "$mnt" >/dev/null || fail "$mnt was unmounted"
 grep -q "reconnected" "$RUN_ROOT/rbd.$img/fuse.log" || fail "exporter log shows no reconnect"
