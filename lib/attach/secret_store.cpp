@@ -142,6 +142,14 @@ bool is_empty_dir(int dir) {
   return empty;
 }
 
+// True when path is a mount point: a device other than its parent's.
+bool is_mount_point(const std::string& path) {
+  struct stat here, up;
+  const std::string parent = fs::path(path).parent_path().string();
+  return ::stat(path.c_str(), &here) == 0 && ::stat(parent.c_str(), &up) == 0 &&
+         here.st_dev != up.st_dev;
+}
+
 Fd open_root(const std::string& root, bool create, bool mounted = false) {
   const std::string object = store_name(root);
   if (root.empty() || root[0] != '/') throw Error(EINVAL, cat(object, ": not an absolute path"));
@@ -175,16 +183,26 @@ Fd open_root(const std::string& root, bool create, bool mounted = false) {
   struct statfs sf;
   if (::fstatfs(fd.get(), &sf) < 0) throw_errno("statfs", object, errno);
   const auto type = static_cast<unsigned long>(sf.f_type);
+  // The private tmpfs below, in pages (a secret file takes one): two files
+  // for each of 2000 volumes; tmpfs uses only what is written. An earlier
+  // rbdgw mounted it with 1 MiB (size=1m: 127 volumes); one still mounted
+  // (no reboot since) is enlarged in place, its files kept.
+  constexpr unsigned long kStorePages = 4096;
+  if (type == TMPFS_MAGIC && create && sf.f_blocks * sf.f_bsize == (1u << 20) &&
+      static_cast<unsigned long>(sf.f_blocks) < kStorePages && is_mount_point(root)) {
+    if (::mount("tmpfs", root.c_str(), "tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                "mode=0700,nr_blocks=4096") == 0)
+      log::info(object, ": its private tmpfs of 1 MiB (an earlier rbdgw's) enlarged to 4096 pages");
+  }
   if (type != TMPFS_MAGIC && type != RAMFS_MAGIC) {
     // Where /run itself is on disk (some minimal VMs), an empty store gets
-    // a tmpfs of its own (16 MiB: a page per secret file, two files for
-    // each of 1000 volumes, used only as written): it outlives the service like /run would,
-    // and is gone after a reboot. A store already holding files is never
-    // covered up.
+    // a tmpfs of its own (kStorePages): it outlives the service like /run
+    // would, and is gone after a reboot. A store already holding files is
+    // never covered up.
     if (create && !mounted && is_empty_dir(fd.get()) &&
         ::mount("tmpfs", root.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                "mode=0700,size=16m") == 0) {
-      log::info(object, ": not on tmpfs; mounted a private tmpfs (16 MiB) on it");
+                "mode=0700,nr_blocks=4096") == 0) {
+      log::info(object, ": not on tmpfs; mounted a private tmpfs (4096 pages) on it");
       return open_root(root, create, true);
     }
     char hex[24];

@@ -236,6 +236,34 @@ TEST_F(SecretStore, APrivateTmpfsHoldsTheSecretsOfAThousandVolumes) {
                           << " volumes only: " << msg;
 }
 
+TEST_F(SecretStore, AnEarlierRbdgwsOneMebibyteTmpfsIsEnlargedInPlace) {
+  // An earlier rbdgw mounted 1 MiB (127 volumes); a node not rebooted since
+  // still has it: it is enlarged, and what it holds stays.
+  const std::string dir = fs::absolute("secret-store-old-" + std::to_string(::getpid())).string();
+  fs::remove_all(dir);
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
+  ASSERT_EQ(::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                    "mode=0700,size=1m"), 0);
+  store_secret("rbd.old-0", "passphrase", secret(kSecret), dir);
+  int stored = 0;
+  std::string msg;
+  for (int i = 1; i < 1000; ++i) {
+    const std::string vol = "rbd.old-" + std::to_string(i);
+    if (error_code([&] {
+          store_secret(vol, "passphrase", secret(kSecret), dir);
+          store_secret(vol, "cephx", secret(kSecret), dir);
+        }, &msg) != 0)
+      break;
+    ++stored;
+  }
+  const auto first = load_secret("rbd.old-0", "passphrase", dir);
+  ::umount2(dir.c_str(), MNT_DETACH);
+  fs::remove_all(dir);
+  EXPECT_EQ(stored, 999) << "the old 1 MiB tmpfs took " << stored << " more volumes only: " << msg;
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->view(), kSecret);
+}
+
 TEST_F(SecretStore, RefusesASecretFileOthersCouldRead) {
   store_secret(vol_, "passphrase", secret(kSecret), root_);
   ASSERT_EQ(::chmod(file("passphrase").c_str(), 0644), 0);
