@@ -187,12 +187,14 @@ Fd open_root(const std::string& root, bool create, bool mounted = false) {
   // for each of 2000 volumes; tmpfs uses only what is written. An earlier
   // rbdgw mounted it with 1 MiB (size=1m: 127 volumes); one still mounted
   // (no reboot since) is enlarged in place, its files kept.
-  constexpr unsigned long kStorePages = 4096;
+  constexpr unsigned kStorePages = 4096;
+  const std::string store_options = cat("mode=0700,nr_blocks=", kStorePages);
   if (type == TMPFS_MAGIC && create && sf.f_blocks * sf.f_bsize == (1u << 20) &&
-      static_cast<unsigned long>(sf.f_blocks) < kStorePages && is_mount_point(root)) {
+      is_mount_point(root)) {
     if (::mount("tmpfs", root.c_str(), "tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                "mode=0700,nr_blocks=4096") == 0)
-      log::info(object, ": its private tmpfs of 1 MiB (an earlier rbdgw's) enlarged to 4096 pages");
+                store_options.c_str()) == 0)
+      log::info(object, ": its private tmpfs of 1 MiB (an earlier rbdgw's) enlarged to ",
+                kStorePages, " pages");
   }
   if (type != TMPFS_MAGIC && type != RAMFS_MAGIC) {
     // Where /run itself is on disk (some minimal VMs), an empty store gets
@@ -201,8 +203,8 @@ Fd open_root(const std::string& root, bool create, bool mounted = false) {
     // never covered up.
     if (create && !mounted && is_empty_dir(fd.get()) &&
         ::mount("tmpfs", root.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                "mode=0700,nr_blocks=4096") == 0) {
-      log::info(object, ": not on tmpfs; mounted a private tmpfs (4096 pages) on it");
+                store_options.c_str()) == 0) {
+      log::info(object, ": not on tmpfs; mounted a private tmpfs (", kStorePages, " pages) on it");
       return open_root(root, create, true);
     }
     char hex[24];

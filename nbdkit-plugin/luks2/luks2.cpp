@@ -40,10 +40,12 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <array>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <array>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -54,8 +56,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-#include <condition_variable>
-#include <chrono>
 
 #include "attach/attach.hpp"
 #include "attach/secret_store.hpp"
@@ -125,15 +125,12 @@ struct Slot {
 std::array<std::uint8_t, 32> salted_digest(const std::array<std::uint8_t, 32>& salt,
                                            const SecretBuffer& pw) {
   std::array<std::uint8_t, 32> out{};
-  EVP_MD_CTX* c = EVP_MD_CTX_new();
-  unsigned n = 0;
-  if (!c || EVP_DigestInit_ex(c, EVP_sha256(), nullptr) != 1 ||
-      EVP_DigestUpdate(c, salt.data(), salt.size()) != 1 ||
-      EVP_DigestUpdate(c, pw.data(), pw.size()) != 1 || EVP_DigestFinal_ex(c, out.data(), &n) != 1) {
-    EVP_MD_CTX_free(c);
+  const std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> c(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  if (!c || EVP_DigestInit_ex(c.get(), EVP_sha256(), nullptr) != 1 ||
+      EVP_DigestUpdate(c.get(), salt.data(), salt.size()) != 1 ||
+      EVP_DigestUpdate(c.get(), pw.data(), pw.size()) != 1 ||
+      EVP_DigestFinal_ex(c.get(), out.data(), nullptr) != 1)
     throw Error(EIO, "SHA-256 failed");
-  }
-  EVP_MD_CTX_free(c);
   return out;
 }
 std::mutex slots_mu;
@@ -225,10 +222,8 @@ void sweep_kept() {
         ++it;
         continue;
       }
-      if (slot.kept && store_file_id(it->first) != slot.unlocked_with) {
-        dropped.push_back(std::move(slot.kept));
-        slot.kept.reset();
-      }
+      if (slot.kept && store_file_id(it->first) != slot.unlocked_with)
+        dropped.push_back(std::move(slot.kept));  // leaves slot.kept empty
       empty = !slot.kept && it->second.use_count() == 1;
     }
     it = empty ? slots.erase(it) : std::next(it);
@@ -462,14 +457,14 @@ std::shared_ptr<Volume> unlock_export_locked(NextDevice& dev, Handle& h, std::ui
       entry_same = false;
     }
   }
-  if (h.slot->kept && !entry_same) h.slot->kept.reset();
+  if (!entry_same) h.slot->kept.reset();
   // The volume the export's connections share, while its entry is unchanged.
   std::shared_ptr<Volume> live = h.slot->vol.lock();
   if (live && live->fingerprint != fp) live.reset();
   if (live && entry_same) return live;
-  // Not for this header or entry: the kept volume is no use while the
+  // Not reused: the kept volume (another header's) is no use while the
   // unlock below runs (which may take long: the sweeper skips this slot).
-  if (!entry_same || !live) h.slot->kept.reset();
+  h.slot->kept.reset();
   if (file) {
     std::lock_guard lock(wrong_mu);
     auto it = wrong.find(h.name);

@@ -587,7 +587,7 @@ void rbd_close(void* h) {
   // buffers, librbd's). Without this a gateway whose connections come and
   // go (idle disconnects of a shared gateway's volumes) kept its busiest
   // moment's memory: 94 MiB after 128 MiB of writes on 4 connections, 57-61
-  // with it (measured by hand). At most every kTrimEvery: a trim walks
+  // with it (measured by hand). At most every kTrimEveryNs: a trim walks
   // every arena, locking each in turn, and a fragmented heap took up to
   // ~0.2 s per call (review RN), which other connections' requests would
   // wait for at every close of many idle volumes.
