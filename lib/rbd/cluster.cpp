@@ -2,6 +2,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/error.hpp"
@@ -77,6 +83,80 @@ Cluster Cluster::connect(const ClusterOptions& o) {
   // Restore the mon op timeout so that long operations are not cut short.
   rados_conf_set(raw, "rados_mon_op_timeout", "0");
   return Cluster(std::move(h), who);
+}
+
+void Cluster::check_in_child(const ClusterOptions& o) {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) < 0) throw_errno("pipe2", "cluster check", errno);
+  const pid_t child = ::fork();
+  if (child < 0) {
+    const int e = errno;
+    ::close(p[0]);
+    ::close(p[1]);
+    throw_errno("fork", "cluster check", e);
+  }
+  if (child == 0) {
+    // The answer: the error code (0: connected) and its message. _exit
+    // while the connection is up: no rados_shutdown, no destructors.
+    ::close(p[0]);
+    int code = EIO;
+    std::string msg;
+    try {
+      const Cluster c = connect(o);
+      (void)!::write(p[1], "0 ", 2);
+      ::_exit(0);
+    } catch (const Error& e) {
+      code = e.code() ? e.code() : EIO;
+      msg = e.what();
+    } catch (const std::exception& e) {
+      code = EIO;
+      msg = e.what();
+    }
+    const std::string out = std::to_string(code) + " " + msg;
+    (void)!::write(p[1], out.data(), out.size());
+    ::_exit(0);
+  }
+  ::close(p[1]);
+  std::string answer;
+  const auto deadline = std::chrono::steady_clock::now() + 2 * o.connect_timeout;
+  bool timed_out = false;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      timed_out = true;
+      break;
+    }
+    pollfd pf{p[0], POLLIN, 0};
+    const int r = ::poll(&pf, 1, static_cast<int>(left.count()));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      timed_out = r == 0;
+      break;
+    }
+    char buf[1024];
+    const ssize_t n = ::read(p[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    answer.append(buf, static_cast<size_t>(n));
+  }
+  ::close(p[0]);
+  if (timed_out) ::kill(child, SIGKILL);
+  int status = 0;
+  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  }
+  const std::string who = "client." + (o.id.empty() ? std::string("admin") : o.id);
+  if (timed_out)
+    throw Error(ETIMEDOUT, cat("rados_connect: ", who, ": no answer within ",
+                               2 * o.connect_timeout.count(), " s (checked in a child process)"));
+  const auto sp = answer.find(' ');
+  if (sp == std::string::npos) {
+    const std::string how = WIFSIGNALED(status) ? cat("killed by signal ", WTERMSIG(status))
+                                                : cat("exit status ", WEXITSTATUS(status));
+    throw Error(EIO, cat("rados_connect: ", who, ": the checking child process died (", how, ")"));
+  }
+  const int code = std::atoi(answer.substr(0, sp).c_str());
+  if (code != 0) throw Error(code, answer.substr(sp + 1));
 }
 
 IoCtx Cluster::open_ioctx(const std::string& pool, const std::string& ns) const {

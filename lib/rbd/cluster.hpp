@@ -39,6 +39,16 @@ class Cluster {
   // EPERM for a wrong key, ENOENT for a missing conf file).
   static Cluster connect(const ClusterOptions& opts);
 
+  // Connects as connect() does, but in a child process that exits right
+  // after, and throws what connect() would have thrown: the cluster answers
+  // and the key is right, and this process is left with no librados thread
+  // or connection. For a program that must stay single-threaded past the
+  // check (nbdkit's .get_ready: nbdkit then reopens stdin and stdout and
+  // expects fds 0 and 1, which a messenger thread opening a socket would
+  // take). Throws Error(ETIMEDOUT) when the child has not answered within
+  // twice opts.connect_timeout.
+  static void check_in_child(const ClusterOptions& opts);
+
   // Throws Error(ENOENT) "pool 'x' does not exist" for a missing pool.
   IoCtx open_ioctx(const std::string& pool, const std::string& ns = {}) const;
 

@@ -117,7 +117,6 @@ std::shared_ptr<Export> served;
 // exports-dir: the one RADOS client, and the open exports by name with how
 // many connections use each.
 std::optional<rbd::Cluster> shared_cluster;
-pid_t ready_pid = 0;  // the process that connected it in .get_ready
 std::mutex exports_mutex;
 std::map<std::string, std::pair<std::shared_ptr<Export>, int>> open_exports;
 
@@ -307,15 +306,15 @@ int rbd_config_complete() {
   });
 }
 
-// Before the fork: fail now, while nbdkit can still exit non-zero.
+// Before the fork: fail now, while nbdkit can still exit non-zero. Leave
+// no thread behind: nbdkit reopens stdin and stdout right after and
+// expects fds 0 and 1 ("open: Success" when a librados messenger thread
+// took one first). image= connects, checks and shuts down here; exports-dir
+// checks the cluster in a child process and connects in .after_fork.
 int rbd_get_ready() {
   return guard_void([] {
     if (!exports_dir.empty()) {
-      // The cluster answers, the key is right; kept for .after_fork when
-      // nbdkit does not fork (--foreground, as rbdgw runs it): one connect,
-      // and no rados_shutdown right after a connect at the gateway's start.
-      shared_cluster.emplace(rbd::Cluster::connect(config.cluster));
-      ready_pid = ::getpid();
+      rbd::Cluster::check_in_child(config.cluster);
       return;
     }
     rbd::Image img = rbd::open_export(config);
@@ -357,13 +356,7 @@ void stop_registry_watcher();
 int rbd_after_fork() {
   return guard_void([] {
     if (!exports_dir.empty()) {
-      if (shared_cluster && ready_pid != ::getpid()) {
-        // Forked: librados' threads stayed in the parent. The handle is
-        // left alone (a shutdown here would wait for them forever).
-        (void)new rbd::Cluster(*shared_cluster);
-        shared_cluster.reset();
-      }
-      if (!shared_cluster) shared_cluster.emplace(rbd::Cluster::connect(config.cluster));
+      shared_cluster.emplace(rbd::Cluster::connect(config.cluster));
       nbdkit_debug("rbd: serving the exports registered in %s as %s", exports_dir.c_str(),
                    shared_cluster->name().c_str());
       start_registry_watcher();

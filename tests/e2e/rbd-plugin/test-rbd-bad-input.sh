@@ -46,3 +46,13 @@ pass "right key from key=+FILE serves"
 expect_refusal "rados_connect: client.admin to mon_host '127.0.0.1:9': cluster unreachable" \
   "rbd/$img" mon_host=127.0.0.1:9 timeout=3
 expect_refusal "parameter 'timeout': 'soon' is not a positive number" "rbd/$img" timeout=soon
+
+# exports-dir= checks the cluster at start too (in a child process, so that
+# nbdkit stays single-threaded): the same errors, before it serves.
+mkdir -p "$TEST_TMP/exports"
+expect_refusal "rados_connect: client.admin to mon_host .*: authentication failed" \
+  "exports-dir=$TEST_TMP/exports" "conf=$CEPH_CONF" "key=+$TEST_TMP/wrong.key"
+expect_refusal "rados_connect: client.admin to mon_host '127.0.0.1:9': cluster unreachable" \
+  "exports-dir=$TEST_TMP/exports" mon_host=127.0.0.1:9 timeout=3
+expect_refusal "read ceph config: /nonexistent.conf: No such file" \
+  "exports-dir=$TEST_TMP/exports" conf=/nonexistent.conf
