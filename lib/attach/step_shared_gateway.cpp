@@ -101,6 +101,8 @@ std::string field(const std::string& s) { return cat(s.size(), ":", s, ";"); }
 std::string pid_file_of(const std::string& dir) { return dir + "/gateway.pid"; }
 std::string nbdkit_pid_file_of(const std::string& dir) { return dir + "/nbdkit.pid"; }
 std::string exports_of(const std::string& dir) { return dir + "/exports"; }
+// The rbd plugin's exports-dir mode creates it once connected and serving.
+std::string connected_marker_of(const std::string& dir) { return exports_of(dir) + "/.connected"; }
 std::string entry_of(const Stash& s) { return exports_of(s.shared_dir) + "/" + s.volume_id; }
 
 // An exclusive flock on the shared gateway's dir (created 0700 when
@@ -238,6 +240,7 @@ ProcessRef start_shared(const Stash& s, const Tools& tools, const SecretBuffer* 
   // (the new gateway removes the .open.* markers of the old one itself)
   ::unlink(s.socket.c_str());
   ::unlink(nbdkit_pid_file_of(dir).c_str());
+  ::unlink(connected_marker_of(dir).c_str());
   std::vector<PassFd> pass;
   int key_fd = -1;
   if (cephx_key) {
@@ -256,8 +259,11 @@ ProcessRef start_shared(const Stash& s, const Tools& tools, const SecretBuffer* 
   try {
     wait_ready(g, cat("shared gateway ", dir), s.gateway_log, timeout, [&] {
       struct stat st;
+      // nbdkit writes its pid file before the plugin connects (.after_fork);
+      // the plugin's marker says it is connected.
       return ::stat(nbdkit_pid_file_of(dir).c_str(), &st) == 0 && st.st_size > 0 &&
-             ::stat(s.socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+             ::stat(s.socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+             ::stat(connected_marker_of(dir).c_str(), &st) == 0;
     });
   } catch (const Error& e) {
     const std::string state = e.code() == ETIMEDOUT && alive(g) ? not_ready_state(g, s) : "";

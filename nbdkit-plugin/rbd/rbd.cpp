@@ -120,6 +120,10 @@ std::optional<rbd::Cluster> shared_cluster;
 std::mutex exports_mutex;
 std::map<std::string, std::pair<std::shared_ptr<Export>, int>> open_exports;
 
+// exports-dir: DIR/.connected exists while a gateway on DIR is connected to
+// the cluster and serving.
+std::string connected_marker() { return exports_dir + "/.connected"; }
+
 // A connection's handle.
 struct Conn {
   std::shared_ptr<Export> e;
@@ -314,6 +318,7 @@ int rbd_config_complete() {
 int rbd_get_ready() {
   return guard_void([] {
     if (!exports_dir.empty()) {
+      ::unlink(connected_marker().c_str());  // an earlier gateway's
       rbd::Cluster::check_in_child(config.cluster);
       return;
     }
@@ -360,6 +365,12 @@ int rbd_after_fork() {
       nbdkit_debug("rbd: serving the exports registered in %s as %s", exports_dir.c_str(),
                    shared_cluster->name().c_str());
       start_registry_watcher();
+      // nbdkit wrote its pid file before .after_fork: this marker is what
+      // says the gateway is connected and serving (rbdgw waits for it).
+      const std::string m = connected_marker();
+      const int fd = ::open(m.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0) throw Error(errno, cat("create ", m, ": ", std::strerror(errno)));
+      ::close(fd);
       return;
     }
     served = make_export(rbd::open_export(config), config.spec->str());
@@ -367,6 +378,7 @@ int rbd_after_fork() {
 }
 
 void rbd_cleanup() {
+  if (!exports_dir.empty() && shared_cluster) ::unlink(connected_marker().c_str());
   stop_registry_watcher();
   (void)guard_void([] {
     if (served) served->image.close();  // flushes the librbd cache

@@ -17,6 +17,9 @@ TEST_NAME=$(basename "$0" .sh)
 # with a long pid and $RANDOM in the image name went past that.
 TEST_TMP=$(mktemp -d "/tmp/rbdgw-${TEST_NAME:0:28}.XXXXXX")
 chmod 0700 "$TEST_TMP"
+# tests/lib/run-test.sh (CTest runs every shell test through it) sweeps
+# this directory if the test overruns or leaves something behind.
+[ -n "${RBDGW_TEST_TMP_FILE:-}" ] && echo "$TEST_TMP" >>"$RBDGW_TEST_TMP_FILE"
 
 _cleanup_fns=()
 cleanup_fn() { _cleanup_fns+=("$*"); }
