@@ -1,5 +1,6 @@
 #include "rbd/cluster.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -99,20 +100,17 @@ void Cluster::check_in_child(const ClusterOptions& o) {
     // The answer: the error code (0: connected) and its message. _exit
     // while the connection is up: no rados_shutdown, no destructors.
     ::close(p[0]);
-    int code = EIO;
-    std::string msg;
+    std::string out;
     try {
       const Cluster c = connect(o);
       (void)!::write(p[1], "0 ", 2);
       ::_exit(0);
-    } catch (const Error& e) {
-      code = e.code() ? e.code() : EIO;
-      msg = e.what();
-    } catch (const std::exception& e) {
-      code = EIO;
-      msg = e.what();
+    } catch (...) {
+      const ErrorReport r = current_error();
+      out = std::to_string(r.code ? r.code : EIO) + " " + r.message;
     }
-    const std::string out = std::to_string(code) + " " + msg;
+    // Short, in one write (below PIPE_BUF it is atomic).
+    if (out.size() > 4000) out.resize(4000);
     (void)!::write(p[1], out.data(), out.size());
     ::_exit(0);
   }
@@ -128,12 +126,10 @@ void Cluster::check_in_child(const ClusterOptions& o) {
       break;
     }
     pollfd pf{p[0], POLLIN, 0};
-    const int r = ::poll(&pf, 1, static_cast<int>(left.count()));
+    const int r = ::poll(&pf, 1, static_cast<int>(std::min<long long>(left.count(), 60000)));
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      timed_out = r == 0;
-      break;
-    }
+    if (r == 0) continue;  // the deadline is checked above
+    if (r < 0) break;
     char buf[1024];
     const ssize_t n = ::read(p[0], buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
@@ -143,16 +139,24 @@ void Cluster::check_in_child(const ClusterOptions& o) {
   ::close(p[0]);
   if (timed_out) ::kill(child, SIGKILL);
   int status = 0;
-  while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+  pid_t w;
+  while ((w = ::waitpid(child, &status, 0)) < 0 && errno == EINTR) {
   }
-  const std::string who = "client." + (o.id.empty() ? std::string("admin") : o.id);
+  const bool reaped = w == child;  // not when SIGCHLD is ignored (ECHILD)
+  // Who and where, as connect()'s own messages say it.
+  const std::string who =
+      cat("client.", o.id.empty() ? std::string("admin") : o.id, " to ",
+          !o.mon_host.empty()   ? cat("mon_host '", o.mon_host, "'")
+          : !o.conf_file.empty() ? cat("the monitors of ", o.conf_file)
+                                 : std::string("the monitors of the default ceph.conf"));
   if (timed_out)
     throw Error(ETIMEDOUT, cat("rados_connect: ", who, ": no answer within ",
                                2 * o.connect_timeout.count(), " s (checked in a child process)"));
   const auto sp = answer.find(' ');
   if (sp == std::string::npos) {
-    const std::string how = WIFSIGNALED(status) ? cat("killed by signal ", WTERMSIG(status))
-                                                : cat("exit status ", WEXITSTATUS(status));
+    const std::string how = !reaped              ? std::string("its exit status is unknown")
+                            : WIFSIGNALED(status) ? cat("killed by signal ", WTERMSIG(status))
+                                                  : cat("exit status ", WEXITSTATUS(status));
     throw Error(EIO, cat("rados_connect: ", who, ": the checking child process died (", how, ")"));
   }
   const int code = std::atoi(answer.substr(0, sp).c_str());
