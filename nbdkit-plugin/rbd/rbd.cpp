@@ -266,6 +266,16 @@ int rbd_config(const char* key, const char* value) {
       exports_dir = value;
       return;
     }
+    // A relative file name is taken from where nbdkit was started: nbdkit
+    // changes to / when it daemonizes, before .after_fork opens the image.
+    if ((std::strcmp(key, "conf") == 0 || std::strcmp(key, "keyring") == 0) && value[0] != '\0' &&
+        value[0] != '/') {
+      char* abs = nbdkit_absolute_path(value);
+      if (!abs) throw Error(EINVAL, cat("parameter '", key, "': '", value, "': no absolute path"));
+      const std::string a(abs);
+      std::free(abs);
+      return config.set(key, a);
+    }
     if (!rbd::ExportConfig::is_secret_key(key) || (value[0] != '+' && value[0] != '-'))
       return config.set(key, value);
     // +FILE and -FD: every byte to the end, as cryptsetup --key-file reads
