@@ -77,7 +77,9 @@ TEST(NbdServerConnected, AListenerAloneIsNotAConnection) {
 
 TEST(NbdConnect, NegativeIoTimeoutIsEINVAL) {
   try {
-    nbd_connect("/nonexistent.sock", {.io_timeout = std::chrono::seconds(-1)});
+    NbdOptions o;
+    o.io_timeout = std::chrono::seconds(-1);
+    nbd_connect("/nonexistent.sock", o);
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), EINVAL) << e.what();
