@@ -150,6 +150,7 @@ stop_test() {
   kill -TERM -- -"$child" 2>/dev/null
   for _ in $(seq 30); do kill -0 "$child" 2>/dev/null || break; sleep 0.5; done
   kill -KILL -- -"$child" 2>/dev/null
+  pkill -KILL -s "$child" 2>/dev/null  # its session's other groups too
   wait "$child" 2>/dev/null
   while read -r dir; do sweep "$dir"; done <"$RBDGW_TEST_TMP_FILE"
   rm -f "$RBDGW_TEST_TMP_FILE"
@@ -193,6 +194,7 @@ fi
 # still uses a file there) processes, FUSE mounts, loop devices, mounts.
 # Removed now; a test that passed fails for what was under its $TEST_TMP.
 # (A process the test's cleanup signalled may take a moment to exit: 5 s.)
+# (ps -g with a number: the session, which is the test's pid.)
 group_alive() { ps -o stat= -g "$child" 2>/dev/null | grep -qv '^Z'; }
 left=
 for _ in $(seq 50); do group_alive || break; sleep 0.1; done
@@ -201,6 +203,7 @@ if group_alive; then
   echo "sweep: killing what is left in the test's process group:" \
     "$(ps -o pid=,comm= -g "$child" 2>/dev/null | tr '\n' ' ')" >&2
   kill -KILL -- -"$child" 2>/dev/null
+  pkill -KILL -s "$child" 2>/dev/null
 fi
 while read -r dir; do
   out=$(sweep "$dir")
