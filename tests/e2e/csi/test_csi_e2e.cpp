@@ -441,7 +441,9 @@ TEST_F(CsiE2E, KillDuringStageAndGatewayKillThenRestart) {
     for (const auto& p : fs::directory_iterator("/proc", ec))
       processes += read_file(p.path() / "cmdline").find(run + "/") != std::string::npos;
     EXPECT_EQ(processes, 2) << "after a kill once " << marker << " existed";
-    if (marker != run + "/fuse.pid") ASSERT_TRUE(unstage(id, staging).ok());
+    if (marker != run + "/fuse.pid") {
+      ASSERT_TRUE(unstage(id, staging).ok());
+    }
   }
   write_file(staging + "/after-restart", "ok");
   // A restart of a healthy daemon keeps the mount (re-adoption, no unmount).

@@ -38,7 +38,7 @@ static void probe(open_fn real, const char* path) {
     while ((de = readdir(d))) {
       if (de->d_name[0] == '.') continue;
       ++n;
-      char p[64], comm[32] = "?";
+      char p[300], comm[32] = "?";
       snprintf(p, sizeof p, "/proc/self/task/%s/comm", de->d_name);
       const int fd = real(p, O_RDONLY | O_CLOEXEC);
       if (fd >= 0) {
