@@ -120,9 +120,21 @@ std::optional<rbd::Cluster> shared_cluster;
 std::mutex exports_mutex;
 std::map<std::string, std::pair<std::shared_ptr<Export>, int>> open_exports;
 
-// exports-dir: DIR/.connected exists while a gateway on DIR is connected to
-// the cluster and serving.
+// exports-dir markers (dot files: not registry entries).
+// DIR/.connected exists while a gateway on DIR is connected to the cluster
+// and serving.
 std::string connected_marker() { return exports_dir + "/.connected"; }
+// DIR/.open.NAME exists while export NAME's image is open, so that whoever
+// removed NAME's entry can wait until the image is closed and its lock let
+// go (an unmap, before the image may be removed or mapped elsewhere).
+std::string open_marker(const std::string& name) { return exports_dir + "/.open." + name; }
+// Creates a marker; false (errno set) if it could not.
+bool create_marker(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  ::close(fd);
+  return true;
+}
 
 // A connection's handle.
 struct Conn {
@@ -377,10 +389,8 @@ int rbd_after_fork() {
       start_registry_watcher();
       // nbdkit wrote its pid file before .after_fork: this marker is what
       // says the gateway is connected and serving (rbdgw waits for it).
-      const std::string m = connected_marker();
-      const int fd = ::open(m.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      if (fd < 0) throw Error(errno, cat("create ", m, ": ", std::strerror(errno)));
-      ::close(fd);
+      if (!create_marker(connected_marker()))
+        throw Error(errno, cat("create ", connected_marker(), ": ", std::strerror(errno)));
       return;
     }
     served = make_export(rbd::open_export(config), config.spec->str());
@@ -454,12 +464,6 @@ bool still_registered(const Export& e) {
   return ::stat(path.c_str(), &st) == 0 || errno != ENOENT;
 }
 
-// exports-dir: DIR/.open.NAME exists while export NAME's image is open
-// (a dot file: not a registry entry), so that whoever removed NAME's entry
-// can wait until the image is closed and its lock let go (an unmap, before
-// the image may be removed or mapped elsewhere).
-std::string open_marker(const std::string& name) { return exports_dir + "/.open." + name; }
-
 // exports-dir: closes an export's image (exports_mutex held; flushes, lets
 // its lock go). Errors are logged: the export is gone either way.
 void close_export(Export& e, const char* why) {
@@ -492,8 +496,7 @@ std::shared_ptr<Export> open_shared(const std::string& name) {
   auto e = make_export(std::move(img), en.spec.str());
   e->name = name;
   e->entry_read_only = en.read_only;
-  if (const int fd = ::open(open_marker(name).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600); fd >= 0)
-    ::close(fd);
+  (void)create_marker(open_marker(name));  // best effort: unmap waits for it only if it exists
   open_exports.emplace(name, std::make_pair(e, 1));
   return e;
 }

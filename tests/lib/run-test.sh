@@ -66,15 +66,21 @@ diagnose() {
 # their waiting requests fail at once and the processes blocked on them
 # (and on a loop device over them) can die.
 abort_fuse() {
-  local dir=$1 c mnt
-  mountpoint -q /sys/fs/fuse/connections ||
-    mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null
+  local dir=$1 c mnt ours=
+  grep -q " - fuse" /proc/self/mountinfo || return 0
+  # fusectl, mounted here only for this and unmounted after (not every
+  # machine mounts it).
+  if ! mountpoint -q /sys/fs/fuse/connections; then
+    mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null && ours=1
+  fi
   awk -v d="$dir" '($5 == d || index($5, d "/") == 1) && / - fuse/ { split($3, a, ":"); print a[2], $5 }' \
     /proc/self/mountinfo | while read -r c mnt; do
       [ -e "/sys/fs/fuse/connections/$c/abort" ] || continue
       echo "sweep: aborting FUSE connection $c ($mnt)"
       echo 1 >"/sys/fs/fuse/connections/$c/abort" 2>/dev/null
     done
+  [ -z "$ours" ] || umount /sys/fs/fuse/connections 2>/dev/null
+  return 0
 }
 
 # pids_under DIR: processes with DIR in their argv or their cwd in DIR. One
