@@ -11,7 +11,9 @@
 #     CSI node plugin would),
 #   - the processes, RSS (sum of ps rss) and threads (sum of ps nlwp) of
 #     the gateways and of the exporters, in total and per volume, and the
-#     cost of the last half of the volumes (per additional volume).
+#     cost of the last half of the volumes (per additional volume); beside
+#     each per-volume RSS the PSS (sum of /proc/PID/smaps_rollup's Pss),
+#     which counts a shared library's pages once, not once per exporter.
 # --shared: the shared gateway instead, set up by this script (not yet by
 # `rbdgw map`): ONE nbdkit rbd exports-dir=DIR (durable-writes, exclusive,
 # as lib/attach starts gateways) serving every volume as its own export,
@@ -151,9 +153,18 @@ sample() {
   done
   for p in gw fu; do
     local -n arr=$p
-    if [ ${#arr[@]} -eq 0 ]; then echo "0 0 0"; continue; fi
+    if [ ${#arr[@]} -eq 0 ]; then echo "0 0 0 0"; continue; fi
+    # PSS beside RSS: RSS counts the shared libraries' pages once in every
+    # process that maps them; PSS splits each shared page among them, so a
+    # sum of PSS is what the node's memory actually holds.
+    # (Each pid once: every volume's stash names the one shared gateway.)
+    local pss=0 q k
+    for q in $(printf '%s\n' "${arr[@]}" | sort -u); do
+      k=$(awk '/^Pss:/ {print $2}' "/proc/$q/smaps_rollup" 2>/dev/null) || k=0
+      pss=$((pss + ${k:-0}))
+    done
     ps -o rss=,nlwp= -p "$(IFS=,; echo "${arr[*]}")" |
-      awk '{r += $1; t += $2; c++} END {printf "%d %d %d\n", c, r, t}'
+      awk -v pss="$pss" '{r += $1; t += $2; c++} END {printf "%d %d %d %d\n", c, r, t, pss}'
   done
 }
 
@@ -189,10 +200,11 @@ t3=$(date +%s.%N)
 
 report() {  # report LABEL "gwline\nfuline" [per]
   local label=$1 lines=$2 per=$3
-  { read -r gc gr gt; read -r fc fr ft; } <<<"$lines"
-  awk -v l="$label" -v per="$per" -v gc="$gc" -v gr="$gr" -v gt="$gt" -v fc="$fc" -v fr="$fr" -v ft="$ft" 'BEGIN {
-    printf "%-22s gateways %3d procs %8.1f MiB %5d thr | exporters %3d procs %8.1f MiB %5d thr | per volume %6.1f MiB %5.1f thr\n",
-      l, gc, gr/1024, gt, fc, fr/1024, ft, (gr+fr)/1024/per, (gt+ft)/per }'
+  { read -r gc gr gt gp; read -r fc fr ft fp; } <<<"$lines"
+  awk -v l="$label" -v per="$per" -v gc="$gc" -v gr="$gr" -v gt="$gt" -v fc="$fc" -v fr="$fr" -v ft="$ft" \
+      -v gp="${gp:-0}" -v fp="${fp:-0}" 'BEGIN {
+    printf "%-22s gateways %3d procs %8.1f MiB %5d thr | exporters %3d procs %8.1f MiB %5d thr | per volume %6.1f MiB %5.1f thr (PSS %5.1f MiB)\n",
+      l, gc, gr/1024, gt, fc, fr/1024, ft, (gr+fr)/1024/per, (gt+ft)/per, (gp+fp)/1024/per }'
 }
 echo "many-volumes: $n volumes$([ -n "$encrypted" ] && echo ' (encrypted)')$([ ${#mapargs[@]} -gt 0 ] && echo ' (rbdgw map --shared-gateway)')$([ -n "$shared" ] && echo " through ONE shared gateway (nbdkit ${BENCH_NBDKIT_ARGS:-} exports-dir; rbdgw-fuse ${BENCH_FUSE_ARGS:-})"), userspace attach, memstore cluster"
 printf 'map all:   %.1f s (%.2f s per volume)\n' "$(echo "$t1 - $t0" | bc)" "$(echo "($t1 - $t0) / $n" | bc -l)"
@@ -203,7 +215,8 @@ report "after map ($n)" "$at_n" "$n"
 report "after I/O ($n)" "$after_io" "$n"
 [ -z "$idle_after" ] || report "idle after I/O ($n)" "$idle_after" "$n"
 # Per additional volume: the last n-half volumes' share.
-{ read -r a1 a2 a3; read -r a4 a5 a6; } <<<"$at_half"
-{ read -r b1 b2 b3; read -r b4 b5 b6; } <<<"$at_n"
+{ read -r a1 a2 a3 ap; read -r a4 a5 a6 aq; } <<<"$at_half"
+{ read -r b1 b2 b3 bp; read -r b4 b5 b6 bq; } <<<"$at_n"
 awk -v r=$(( (b2 + b5) - (a2 + a5) )) -v t=$(( (b3 + b6) - (a3 + a6) )) -v k=$((n - half)) \
-  'BEGIN { printf "per additional volume (after map): %.1f MiB RSS, %.1f threads\n", r/1024/k, t/k }'
+    -v p=$(( (bp + bq) - (ap + aq) )) \
+  'BEGIN { printf "per additional volume (after map): %.1f MiB RSS (PSS %.1f MiB), %.1f threads\n", r/1024/k, p/1024/k, t/k }'
