@@ -138,7 +138,7 @@ devices() {
   for s in "$run_root"/*/stash.json; do jq -r .device "$s"; done
 }
 
-# sample: "procs rss_kib threads" of the gateways and the exporters of the
+# sample: "procs rss_kib threads pss_kib" of the gateways and the exporters of the
 # volumes mapped so far (from their stash files; --shared: the one nbdkit).
 sample() {
   local s gw=() fu=() p
@@ -155,8 +155,9 @@ sample() {
     local -n arr=$p
     if [ ${#arr[@]} -eq 0 ]; then echo "0 0 0 0"; continue; fi
     # PSS beside RSS: RSS counts the shared libraries' pages once in every
-    # process that maps them; PSS splits each shared page among them, so a
-    # sum of PSS is what the node's memory actually holds.
+    # process that maps them; PSS splits each shared page among the
+    # processes mapping it, so a sum of PSS is this set's proportional
+    # share of the node's memory.
     # (Each pid once: every volume's stash names the one shared gateway.)
     local pss=0 q k
     for q in $(printf '%s\n' "${arr[@]}" | sort -u); do
