@@ -138,8 +138,9 @@ devices() {
   for s in "$run_root"/*/stash.json; do jq -r .device "$s"; done
 }
 
-# sample: "procs rss_kib threads pss_kib" of the gateways and the exporters of the
-# volumes mapped so far (from their stash files; --shared: the one nbdkit).
+# sample: "procs rss_kib threads pss_kib" of the gateways and the
+# exporters of the volumes mapped so far (from their stash files;
+# --shared: the one nbdkit).
 sample() {
   local s gw=() fu=() p
   if [ -n "$shared" ]; then
@@ -154,17 +155,18 @@ sample() {
   for p in gw fu; do
     local -n arr=$p
     if [ ${#arr[@]} -eq 0 ]; then echo "0 0 0 0"; continue; fi
+    # Each pid once (every volume's stash names the one shared gateway).
     # PSS beside RSS: RSS counts the shared libraries' pages once in every
     # process that maps them; PSS splits each shared page among the
-    # processes mapping it, so a sum of PSS is this set's proportional
-    # share of the node's memory.
-    # (Each pid once: every volume's stash names the one shared gateway.)
-    local pss=0 q k
-    for q in $(printf '%s\n' "${arr[@]}" | sort -u); do
+    # processes mapping it, so a sum of PSS is this set's share of the
+    # node's memory.
+    local pids pss=0 q k
+    pids=$(printf '%s\n' "${arr[@]}" | sort -u)
+    for q in $pids; do
       k=$(awk '/^Pss:/ {print $2}' "/proc/$q/smaps_rollup" 2>/dev/null) || k=0
       pss=$((pss + ${k:-0}))
     done
-    ps -o rss=,nlwp= -p "$(IFS=,; echo "${arr[*]}")" |
+    ps -o rss=,nlwp= -p "$(echo $pids | tr ' ' ,)" |
       awk -v pss="$pss" '{r += $1; t += $2; c++} END {printf "%d %d %d %d\n", c, r, t, pss}'
   done
 }
