@@ -11,7 +11,10 @@
 # four jobs of run.sh on the export (fio nbd) and the bare loop device;
 # prints medians over the rounds with CPU (gateway + exporter) per GiB or
 # per 1000 I/Os, and the thread counts (ps -o nlwp) of gateway and exporter
-# after the 4K random read on the loop device. BENCH_FUSE_BIN=PATH runs
+# after the 4K random read on the loop device. BENCH_MAP_ARGS="ARGS" adds
+# arguments to that map (e.g. --shared-gateway: the volume on the node's
+# shared gateway, whose export is then the volume's named export; space-
+# separated; $RBDGW_SHARED_GATEWAY_THREADS passes through). BENCH_FUSE_BIN=PATH runs
 # another rbdgw-fuse binary, BENCH_PLUGIN_BIN=PATH another nbdkit-rbd-plugin.so
 # (A/Bs of old and new code). Leaves nothing
 # behind.
@@ -66,7 +69,7 @@ cpu_ticks() {
 real_losetup=$(command -v losetup) real_nbdkit=$(command -v nbdkit)
 # map_with CONFIG-BODY: rbdgw map with that config's wrappers.
 map_with() {
-  local body=$1 kv dio= fa= na= pa= fb=$fuse pb=$RBDGW_PLUGIN
+  local body=$1 kv dio= fa= na= pa= ma= fb=$fuse pb=$RBDGW_PLUGIN
   IFS=',' read -ra kvs <<<"$body"
   for kv in "${kvs[@]}"; do
     case $kv in
@@ -74,6 +77,7 @@ map_with() {
       BENCH_FUSE_ARGS=*) fa=${kv#*=} ;;
       BENCH_NBDKIT_ARGS=*) na=${kv#*=} ;;
       BENCH_PLUGIN_ARGS=*) pa=${kv#*=} ;;
+      BENCH_MAP_ARGS=*) ma=${kv#*=} ;;
       BENCH_FUSE_BIN=*) fb=${kv#*=} ;;
       BENCH_PLUGIN_BIN=*) pb=${kv#*=} ;;
       "") ;;
@@ -91,7 +95,7 @@ map_with() {
   fi
   chmod +x "$bin"/*
   dev=$(PATH=$bin:$PATH NBDKIT=$bin/nbdkit RBDGW_FUSE_EXPORTER=$bin/fuse \
-        "$rbdgw" --run-root "$run_root" map rbd/bench --attach userspace 2>"$dir/map.log") ||
+        "$rbdgw" --run-root "$run_root" map rbd/bench --attach userspace $ma 2>"$dir/map.log") ||
     { cat "$dir/map.log" >&2; exit 1; }
   mapped=1
 }
@@ -102,10 +106,12 @@ for ((round = 1; round <= rounds; round++)); do
     map_with "$body"
     st=$run_root/rbd.bench/stash.json
     gw=$(jq -r .gateway.pid "$st") fu=$(jq -r .fuse.pid "$st") sock=$(jq -r .socket "$st")
+    # On a shared gateway the volume is the export named by its id.
+    exp=$(jq -r 'if .shared_dir then .volume_id else "" end' "$st")
     for col in export loop; do
       for r in "${rows[@]}"; do
         IFS='|' read -r row rw bs depth <<<"$r"
-        if [ $col = export ]; then eng=(--ioengine=nbd "--uri=nbd+unix:///?socket=$sock"); pids=$gw
+        if [ $col = export ]; then eng=(--ioengine=nbd "--uri=nbd+unix:///$exp?socket=$sock"); pids=$gw
         else eng=(--ioengine=libaio "--filename=$dev"); pids="$gw $fu"; fi
         c0=$(cpu_ticks $pids)
         fio --name=x "${eng[@]}" --rw=$rw --bs=$bs --iodepth=$depth --direct=1 --time_based \

@@ -2,7 +2,7 @@
 // file through FUSE, for a loop device to sit on.
 //
 //   rbdgw-fuse [--name NAME] [--export NAME] [--readonly] [--no-punch-hole] [--connections N]
-//              [--threads N] [--max-background N] [--clone-fd]
+//              [--conn-depth N] [--threads N] [--max-background N] [--clone-fd]
 //              [--reconnect-timeout SECONDS] [--idle-disconnect SECONDS] [--idle-threads N]
 //              [--size-file PATH] SOCKET FILE
 //
@@ -70,6 +70,15 @@
 // together and each is retried as above; the first of them to get there
 // reconnects, the others use its new connection.
 //
+// --conn-depth N (default 0: take the connections in turn): a request goes
+// to the first connection with fewer than N requests in flight (the most
+// the server serves at once on one connection: nbdkit's --threads), and to
+// the least busy one when all have N; a connection is made when a request
+// first needs it. So a volume at queue depth 1 uses one connection, and
+// one with 32 in flight on a server of 8 workers per connection gets 4
+// (issue 13: a shared gateway's volume had 8 in flight at most). With
+// --idle-disconnect the extra connections close again once idle.
+//
 // --idle-disconnect SECONDS (default 0: never): a connection with no
 // request in flight for that long is closed (NBD_CMD_DISC, so the server
 // lets its per-connection threads go) and its I/O thread ends; the next
@@ -129,6 +138,7 @@ struct Options {
   // on the loop device, and nbdkit runs -t threads per connection (1: 33
   // gateway threads, 2: 50, the 16 of before: 288).
   int connections = 2;
+  int conn_depth = 0;  // 0: round robin over the connections
   int reconnect_timeout = 300;
   int idle_disconnect = 0;  // seconds; 0: connections stay open
   // FUSE request threads (libfuse's multithreaded loop; all kept alive),
@@ -392,9 +402,44 @@ class Conn {
 struct Slot {
   std::mutex m;
   std::shared_ptr<Conn> conn;
+  // Requests that chose this slot and have not returned (--conn-depth).
+  std::atomic<int> in_flight{0};
 };
 std::vector<Slot>* slots;
 std::atomic<unsigned> next_slot{0};
+
+// The slot a request uses, counted in its in_flight until the request
+// returns (also while it waits to reconnect).
+class SlotUse {
+ public:
+  SlotUse() : s_(pick()) {}
+  ~SlotUse() { s_.in_flight.fetch_sub(1, std::memory_order_relaxed); }
+  SlotUse(const SlotUse&) = delete;
+  SlotUse& operator=(const SlotUse&) = delete;
+  Slot& slot() { return s_; }
+
+ private:
+  static Slot& pick() {
+    auto& v = *slots;
+    if (opts.conn_depth <= 0 || v.size() == 1) {
+      Slot& s = v[next_slot.fetch_add(1, std::memory_order_relaxed) % v.size()];
+      s.in_flight.fetch_add(1, std::memory_order_relaxed);
+      return s;
+    }
+    // The first with room (a place taken, then given back if it was full:
+    // concurrent requests never push one past N together).
+    for (Slot& s : v) {
+      if (s.in_flight.fetch_add(1, std::memory_order_relaxed) < opts.conn_depth) return s;
+      s.in_flight.fetch_sub(1, std::memory_order_relaxed);
+    }
+    Slot* best = &v[0];
+    for (Slot& s : v)
+      if (s.in_flight.load(std::memory_order_relaxed) < best->in_flight.load(std::memory_order_relaxed)) best = &s;
+    best->in_flight.fetch_add(1, std::memory_order_relaxed);
+    return *best;
+  }
+  Slot& s_;
+};
 
 std::shared_ptr<Conn> current(Slot& s) {
   std::lock_guard lk(s.m);
@@ -425,7 +470,8 @@ int with_connection(Submit submit) {
   const auto deadline = Clock::now() + std::chrono::seconds(opts.reconnect_timeout);
   auto backoff = std::chrono::milliseconds(20);
   bool reported = false, attempted = false;
-  Slot& slot = (*slots)[next_slot.fetch_add(1, std::memory_order_relaxed) % slots->size()];
+  SlotUse use;
+  Slot& slot = use.slot();
   std::shared_ptr<Conn> c = current(slot);
   for (;;) {
     if (gateway_gone) return -EIO;
@@ -664,7 +710,7 @@ int fs_truncate(const char*, off_t size, fuse_file_info*) {
 [[noreturn]] void usage(const std::string& msg) {
   std::fprintf(stderr,
                "rbdgw-fuse: %s\nusage: rbdgw-fuse [--name NAME] [--export NAME] [--readonly] [--no-punch-hole] [--connections N] "
-               "[--threads N] [--max-background N] [--clone-fd] [--reconnect-timeout SECONDS] "
+               "[--conn-depth N] [--threads N] [--max-background N] [--clone-fd] [--reconnect-timeout SECONDS] "
                "[--idle-disconnect SECONDS] [--idle-threads N] [--size-file PATH] "
                "SOCKET FILE\n",
                msg.c_str());
@@ -694,6 +740,7 @@ void parse_args(int argc, char** argv) {
     else if (a == "--no-punch-hole") opts.no_punch_hole = true;
     else if (a == "--size-file") opts.size_file = value();
     else if (a == "--connections") opts.connections = parse_int(value(), "--connections", 1, 64);
+    else if (a == "--conn-depth") opts.conn_depth = parse_int(value(), "--conn-depth", 0, 65536);
     else if (a == "--threads") opts.threads = parse_int(value(), "--threads", 1, 256);
     else if (a == "--idle-threads") opts.idle_threads = parse_int(value(), "--idle-threads", 1, 256);
     else if (a == "--max-background") opts.max_background = parse_int(value(), "--max-background", 0, 65535);

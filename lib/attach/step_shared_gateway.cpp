@@ -65,15 +65,6 @@ constexpr int kKeyFd = 3;
 // many. $RBDGW_SHARED_GATEWAY_THREADS overrides it (1..64; benchmarks).
 constexpr int kSharedThreads = 8;
 
-int shared_threads() {
-  const char* e = std::getenv("RBDGW_SHARED_GATEWAY_THREADS");
-  if (!e || !*e) return kSharedThreads;
-  const int n = std::atoi(e);
-  if (n < 1 || n > 64)
-    throw Error(EINVAL, cat("RBDGW_SHARED_GATEWAY_THREADS='", e, "': expected 1..64"));
-  return n;
-}
-
 // An idle exporter connection costs the gateway nbdkit's connection
 // thread and its --threads workers: a volume's exporter closes it after
 // this long without a request (the plugin keeps the image open and locked
@@ -287,6 +278,15 @@ void stop_if_unused(const std::string& dir) {
 }
 
 }  // namespace
+
+int shared_threads() {
+  const char* e = std::getenv("RBDGW_SHARED_GATEWAY_THREADS");
+  if (!e || !*e) return kSharedThreads;
+  const int n = std::atoi(e);
+  if (n < 1 || n > 64)
+    throw Error(EINVAL, cat("RBDGW_SHARED_GATEWAY_THREADS='", e, "': expected 1..64"));
+  return n;
+}
 
 int shared_idle_disconnect() {
   const char* e = std::getenv("RBDGW_IDLE_DISCONNECT");

@@ -145,6 +145,9 @@ void mount_undo(Context& c);
 // step_shared_gateway.cpp (AttachOptions::shared_gateway).
 // The shared gateway's dir for s's cluster identity, node and kind.
 std::string shared_gateway_dir(const std::string& run_root, const Stash& s, const SecretBuffer& key);
+// nbdkit worker threads per connection of a shared gateway (--threads);
+// $RBDGW_SHARED_GATEWAY_THREADS overrides the default.
+int shared_threads();
 // Seconds after which a shared gateway's plain volume's exporter closes
 // its idle connection (rbdgw-fuse --idle-disconnect), 0: never;
 // $RBDGW_IDLE_DISCONNECT overrides the default.

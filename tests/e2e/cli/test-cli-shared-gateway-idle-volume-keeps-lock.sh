@@ -29,13 +29,16 @@ dd if="$TEST_TMP/ma/f" bs=1M iflag=direct status=none of=/dev/null  # busy once 
 # The reads updated f's atime (relatime): commit that now, or ext4's
 # journal writes it up to 5 s later and the exporter connects again.
 sync -f "$TEST_TMP/ma/f"
-[ "$(conns)" = 1 ] || fail "$(conns) connection(s) on the gateway right after I/O, expected 1"
+# One connection, or up to 4 while the writeback kept more than the
+# gateway's 8 workers per connection busy.
+n=$(conns)
+[ "$n" -ge 1 ] && [ "$n" -le 4 ] || fail "$n connection(s) on the gateway right after I/O, expected 1 to 4"
 busy=$(threads)
 for _ in $(seq 100); do [ "$(conns)" = 0 ] && break; sleep 0.1; done
 [ "$(conns)" = 0 ] || fail "the exporter kept its connection 10 s after the volume went idle"
 for _ in $(seq 50); do [ "$(threads)" -lt "$busy" ] && break; sleep 0.1; done
 idle=$(threads)
-[ "$idle" -lt "$busy" ] || fail "the gateway kept $idle threads with no connection ($busy with one)"
+[ "$idle" -lt "$busy" ] || fail "the gateway kept $idle threads with no connection ($busy with $n)"
 pass "idle volume: no connection, gateway threads $busy -> $idle"
 
 sleep 1
