@@ -79,6 +79,16 @@
 // (issue 13: a shared gateway's volume had 8 in flight at most). With
 // --idle-disconnect the extra connections close again once idle.
 //
+// A spare connection that cannot be made (the server refuses it, or hangs
+// up during the handshake) sends its requests to a connection that works
+// instead of failing them or waiting out the reconnect timeout (logged
+// once). Not covered: a handshake that hangs (as above).
+//
+// Memory: after a burst (1 s with no request in flight) the exporter gives
+// the freed buffers back (malloc_trim); --malloc-arenas N (default 1, 0:
+// glibc's own) is glibc's M_ARENA_MAX, since malloc_trim gives back only
+// the main arena's top.
+//
 // --idle-disconnect SECONDS (default 0: never): a connection with no
 // request in flight for that long is closed (NBD_CMD_DISC, so the server
 // lets its per-connection threads go) and its I/O thread ends; the next
