@@ -492,6 +492,8 @@ std::shared_ptr<Conn> current(Slot& s) {
   return s.conn;
 }
 
+// c can take requests: connected, not broken, made after the last size
+// refresh.
 bool live(const std::shared_ptr<Conn>& c) { return c && !c->broken() && c->size() == export_size; }
 
 bool SlotUse::move_to_live() {
@@ -517,7 +519,7 @@ std::atomic<bool> spare_failed_said{false};
 std::shared_ptr<Conn> replace(Slot& s, const std::shared_ptr<Conn>& seen, bool* attempted,
                               std::string* why) {
   std::lock_guard lk(s.m);
-  if (s.conn && s.conn != seen && !s.conn->broken() && s.conn->size() == export_size) return s.conn;
+  if (s.conn != seen && live(s.conn)) return s.conn;
   s.conn.reset();
   if (gateway_gone) return nullptr;
   *attempted = true;
@@ -541,7 +543,7 @@ int with_connection(Submit submit) {
   for (;;) {
     if (gateway_gone) return -EIO;
     std::string why;
-    if (!c || c->broken() || c->size() != export_size) c = replace(use.slot(), c, &attempted, &why);
+    if (!live(c)) c = replace(use.slot(), c, &attempted, &why);
     if (!c && opts.conn_depth > 0 && use.move_to_live()) {
       if (!spare_failed_said.exchange(true))
         say("a further connection to " + opts.socket + " failed (" + why +

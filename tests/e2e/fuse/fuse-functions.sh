@@ -58,3 +58,24 @@ assert_torn_down() {
   losetup -j "$disk" | grep -q . && fail "a loop device is still on $disk"
   return 0
 }
+
+# write_data MIB: MIB MiB of random data to $TEST_TMP/data and to the
+# start of $disk (O_DIRECT).
+write_data() {
+  head -c $(($1 * MiB)) /dev/urandom >"$TEST_TMP/data"
+  dd if="$TEST_TMP/data" of="$disk" bs=1M oflag=direct conv=notrunc status=none || fail "writing the data failed"
+}
+
+# parallel_reads N: the first N MiB of $disk read at once, one O_DIRECT
+# 1 MiB read per process, each compared with $TEST_TMP/data.
+parallel_reads() {
+  local i pids=()
+  for ((i = 0; i < $1; i++)); do
+    dd if="$disk" bs=1M skip=$i count=1 iflag=direct status=none of="$TEST_TMP/r$i" &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || fail "a parallel read failed"; done
+  for ((i = 0; i < $1; i++)); do
+    cmp -s "$TEST_TMP/r$i" <(dd if="$TEST_TMP/data" bs=1M skip=$i count=1 status=none) || fail "read $i differs"
+  done
+}

@@ -13,19 +13,8 @@ start_nbdkit sock gw --filter=delay memory 64M delay-read=200ms
 start_exporter "$sock" --threads 16 --idle-threads 2 --connections 1
 threads() { ls "/proc/$exporter/task" | wc -l; }
 rest=$(threads)
-head -c $((16 * MiB)) /dev/urandom >"$TEST_TMP/data"
-dd if="$TEST_TMP/data" of="$disk" bs=1M oflag=direct conv=notrunc status=none || fail "writing the data failed"
-burst() {
-  local i pids=()
-  for i in $(seq 0 15); do
-    dd if="$disk" bs=1M skip=$i count=1 iflag=direct status=none of="$TEST_TMP/r$i" &
-    pids+=($!)
-  done
-  for i in "${pids[@]}"; do wait "$i" || fail "a parallel read failed"; done
-  for i in $(seq 0 15); do
-    cmp -s "$TEST_TMP/r$i" <(dd if="$TEST_TMP/data" bs=1M skip=$i count=1 status=none) || fail "read $i differs"
-  done
-}
+write_data 16
+burst() { parallel_reads 16; }
 burst &
 b=$!
 peak=$rest

@@ -14,19 +14,8 @@ requires test -f /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-delay-filter.so
 start_nbdkit sock gw --filter=delay memory 64M delay-read=100ms
 start_exporter "$sock" --threads 16 --idle-threads 2 --connections 1
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$exporter/status"; }
-head -c $((16 * MiB)) /dev/urandom >"$TEST_TMP/data"
-dd if="$TEST_TMP/data" of="$disk" bs=1M oflag=direct conv=notrunc status=none || fail "writing the data failed"
-burst() {
-  local i pids=()
-  for i in $(seq 0 15); do
-    dd if="$disk" bs=1M skip=$i count=1 iflag=direct status=none of="$TEST_TMP/r$i" &
-    pids+=($!)
-  done
-  for i in "${pids[@]}"; do wait "$i" || fail "a parallel read failed"; done
-  for i in $(seq 0 15); do
-    cmp -s "$TEST_TMP/r$i" <(dd if="$TEST_TMP/data" bs=1M skip=$i count=1 status=none) || fail "read $i differs"
-  done
-}
+write_data 16
+burst() { parallel_reads 16; }
 # One 1 MiB read first: glibc's first freed 1 MiB block raises its mmap
 # threshold (after it, such blocks come from the arenas), and the
 # exporter's own start-up memory is counted in the rest figure.
