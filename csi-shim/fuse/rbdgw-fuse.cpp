@@ -77,7 +77,13 @@
 // first needs it. So a volume at queue depth 1 uses one connection, and
 // one with 32 in flight on a server of 8 workers per connection gets 4
 // (issue 13: a shared gateway's volume had 8 in flight at most). With
-// --idle-disconnect the extra connections close again once idle.
+// --idle-disconnect the extra connections close again once idle. A
+// further connection the server refuses, or whose handshake has not ended
+// within 5 s, leaves the requests on the connections there are, and its
+// slot is not tried again for 30 s; meanwhile a slot being connected
+// holds up no request that a live connection can take. Every connect's
+// handshake is bounded (by the reconnect timeout when no other connection
+// is live).
 //
 // A spare connection that cannot be made (the server refuses it, or hangs
 // up during the handshake) sends its requests to a connection that works
@@ -194,8 +200,45 @@ void sleep_unless_gone(std::chrono::milliseconds d) {
   gone_cv.wait_for(lk, d, [] { return gateway_gone.load(); });
 }
 
-// A new connection, or nullptr (with the reason in *why).
-nbd_handle* connect_once(std::string* why) {
+// How long a further connection's handshake may take while another
+// connection carries the requests (then they stay there).
+constexpr auto kSpareHandshake = std::chrono::seconds(5);
+// How long a slot whose further connection failed is left alone.
+constexpr auto kSparePause = std::chrono::seconds(30);
+
+// Connects and runs the NBD handshake until `by`: a server that accepts
+// and then never answers (its connection threads stuck, or not started)
+// must not hold the caller, and with it its slot, forever.
+bool connect_by(nbd_handle* h, Clock::time_point by, std::string* why) {
+  const auto start = Clock::now();
+  if (nbd_aio_connect_unix(h, opts.socket.c_str()) < 0) return false;
+  while (nbd_aio_is_connecting(h) == 1) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(by - Clock::now()).count();
+    if (left <= 0) {
+      const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(by - start).count();
+      *why = "no answer to the NBD handshake within " + std::to_string((waited + 500) / 1000) + " s";
+      return false;
+    }
+    const unsigned dir = nbd_aio_get_direction(h);
+    pollfd p{nbd_aio_get_fd(h), 0, 0};
+    if (dir & LIBNBD_AIO_DIRECTION_READ) p.events |= POLLIN;
+    if (dir & LIBNBD_AIO_DIRECTION_WRITE) p.events |= POLLOUT;
+    if (p.fd < 0 || ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000))) < 0) {
+      if (p.fd >= 0 && errno == EINTR) continue;
+      return false;
+    }
+    if ((dir & LIBNBD_AIO_DIRECTION_READ) && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
+      if (nbd_aio_notify_read(h) < 0) return false;
+    } else if ((dir & LIBNBD_AIO_DIRECTION_WRITE) && (p.revents & (POLLOUT | POLLHUP | POLLERR))) {
+      if (nbd_aio_notify_write(h) < 0) return false;
+    }
+  }
+  return nbd_aio_is_ready(h) == 1;
+}
+
+// A new connection whose handshake ended by `by`, or nullptr (with the
+// reason in *why).
+nbd_handle* connect_once(std::string* why, Clock::time_point by) {
   nbd_handle* h = nbd_create();
   if (!h) {
     *why = nbd_get_error();
@@ -206,8 +249,8 @@ nbd_handle* connect_once(std::string* why) {
     nbd_close(h);
     return nullptr;
   }
-  if (nbd_connect_unix(h, opts.socket.c_str()) < 0) {
-    *why = nbd_get_error() ? nbd_get_error() : "connect failed";
+  if (!connect_by(h, by, why)) {
+    if (why->empty()) *why = nbd_get_error() ? nbd_get_error() : "connect failed";
     nbd_close(h);
     return nullptr;
   }
@@ -445,6 +488,16 @@ struct Slot {
   std::shared_ptr<Conn> conn;
   // Requests that chose this slot and have not returned (--conn-depth).
   std::atomic<int> in_flight{0};
+  // A request is connecting it (holding m): requests that can go to a live
+  // connection do not wait for it.
+  std::atomic<bool> connecting{false};
+  // Until then (steady_clock ticks), a further connection here is not tried
+  // again: it failed while another connection carried the requests.
+  std::atomic<Clock::rep> paused_until{0};
+  bool spare_usable() const {
+    return !connecting.load(std::memory_order_relaxed) &&
+           Clock::now().time_since_epoch().count() >= paused_until.load(std::memory_order_relaxed);
+  }
 };
 std::vector<Slot>* slots;
 std::atomic<unsigned> next_slot{0};
@@ -499,7 +552,7 @@ bool live(const std::shared_ptr<Conn>& c) { return c && !c->broken() && c->size(
 bool SlotUse::move_to_live() {
   Slot* best = nullptr;
   for (Slot& s : *slots) {
-    if (&s == s_ || !live(current(s))) continue;
+    if (&s == s_ || s.connecting.load(std::memory_order_relaxed) || !live(current(s))) continue;
     if (!best || s.in_flight.load(std::memory_order_relaxed) < best->in_flight.load(std::memory_order_relaxed))
       best = &s;
   }
@@ -513,17 +566,35 @@ bool SlotUse::move_to_live() {
 // Logged once: a spare connection could not be made.
 std::atomic<bool> spare_failed_said{false};
 
+// Another slot than s has a live connection.
+bool other_live(const Slot& s) {
+  for (Slot& o : *slots)
+    if (&o != &s && !o.connecting.load(std::memory_order_relaxed) && live(current(o))) return true;
+  return false;
+}
+
 // Replaces `seen` (what the request used: broken, stale, or nullptr) with
 // a new connection, unless another request already did; *attempted tells
-// whether this request made a connect attempt.
-std::shared_ptr<Conn> replace(Slot& s, const std::shared_ptr<Conn>& seen, bool* attempted,
-                              std::string* why) {
+// whether this request made a connect attempt. The handshake may take
+// until `by`, or kSpareHandshake while another connection is live (a
+// failure then pauses the slot for kSparePause).
+std::shared_ptr<Conn> replace(Slot& s, const std::shared_ptr<Conn>& seen, Clock::time_point by,
+                              bool* attempted, std::string* why) {
+  // Before taking s.m: other_live takes the other slots' locks.
+  const bool spare = opts.conn_depth > 0 && other_live(s);
   std::lock_guard lk(s.m);
   if (s.conn != seen && live(s.conn)) return s.conn;
   s.conn.reset();
   if (gateway_gone) return nullptr;
   *attempted = true;
-  if (nbd_handle* h = connect_once(why)) s.conn = std::make_shared<Conn>(h);
+  const auto now = Clock::now();
+  s.connecting.store(true, std::memory_order_relaxed);
+  nbd_handle* h = connect_once(why, spare ? now + kSpareHandshake : std::max(by, now + kSpareHandshake));
+  s.connecting.store(false, std::memory_order_relaxed);
+  if (h)
+    s.conn = std::make_shared<Conn>(h);
+  else if (spare)
+    s.paused_until.store((Clock::now() + kSparePause).time_since_epoch().count(), std::memory_order_relaxed);
   return s.conn;
 }
 
@@ -539,11 +610,18 @@ int with_connection(Submit submit) {
   auto backoff = std::chrono::milliseconds(20);
   bool reported = false, attempted = false;
   SlotUse use;
+  // A slot being connected, or paused after a failed further connection:
+  // a live connection elsewhere takes the request.
+  if (opts.conn_depth > 0 && !use.slot().spare_usable()) use.move_to_live();
   std::shared_ptr<Conn> c = current(use.slot());
   for (;;) {
     if (gateway_gone) return -EIO;
     std::string why;
-    if (!live(c)) c = replace(use.slot(), c, &attempted, &why);
+    if (!live(c) && opts.conn_depth > 0 && !use.slot().spare_usable() && use.move_to_live()) {
+      c = current(use.slot());
+      continue;
+    }
+    if (!live(c)) c = replace(use.slot(), c, deadline, &attempted, &why);
     if (!c && opts.conn_depth > 0 && use.move_to_live()) {
       if (!spare_failed_said.exchange(true))
         say("a further connection to " + opts.socket + " failed (" + why +
@@ -639,7 +717,8 @@ void refresh_loop() {
       continue;
     }
     std::string why;
-    nbd_handle* h = connect_once(&why);
+    nbd_handle* h = connect_once(&why, Clock::now() + std::max<std::chrono::seconds>(
+                                                           std::chrono::seconds(opts.reconnect_timeout), kSpareHandshake));
     if (!h) {
       say("size refresh: connect to " + opts.socket + ": " + why);
       continue;
@@ -852,7 +931,8 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::string why;
-  nbd_handle* first = connect_once(&why);
+  nbd_handle* first = connect_once(&why, Clock::now() + std::max<std::chrono::seconds>(
+                                                        std::chrono::seconds(opts.reconnect_timeout), kSpareHandshake));
   if (!first) {
     say("connect to " + opts.socket + ": " + why);
     return 1;
