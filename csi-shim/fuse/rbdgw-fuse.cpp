@@ -33,9 +33,8 @@
 // another connect attempt, and fsync fails too; logged once. There is no
 // way back: the loop device and the FUSE mount can then be torn down
 // (`losetup -d`, `fusermount3 -u`), and the exporter exits on unmount.
-// Writes not yet flushed are lost. Not interrupted: a connect whose NBD
-// handshake hangs (a server that accepts and never answers), and the
-// requests of that connection waiting for it.
+// Writes not yet flushed are lost. A connect whose NBD handshake hangs (a
+// server that accepts and never answers) ends within 1 s of it too.
 //
 // Hole punch (FALLOC_FL_PUNCH_HOLE) and FALLOC_FL_ZERO_RANGE both leave
 // zeros: they are sent as NBD WRITE_ZEROES (punch: trim allowed; zero
@@ -77,18 +76,19 @@
 // first needs it. So a volume at queue depth 1 uses one connection, and
 // one with 32 in flight on a server of 8 workers per connection gets 4
 // (issue 13: a shared gateway's volume had 8 in flight at most). With
-// --idle-disconnect the extra connections close again once idle. A
-// further connection the server refuses, or whose handshake has not ended
-// within 5 s, leaves the requests on the connections there are, and its
-// slot is not tried again for 30 s; meanwhile a slot being connected
-// holds up no request that a live connection can take. Every connect's
-// handshake is bounded (by the reconnect timeout when no other connection
-// is live).
+// --idle-disconnect the extra connections close again once idle.
 //
-// A spare connection that cannot be made (the server refuses it, or hangs
-// up during the handshake) sends its requests to a connection that works
-// instead of failing them or waiting out the reconnect timeout (logged
-// once). Not covered: a handshake that hangs (as above).
+// A further connection that cannot be made while another one works (the
+// server refuses it, hangs up during the handshake, or has not ended the
+// handshake within 5 s; with --conn-depth or without) sends its requests
+// to the connection that works instead of failing them or waiting out the
+// reconnect timeout (logged once), and its slot is not tried again for
+// 30 s. The request that made the attempt waits for it (at most 5 s);
+// others that pick the slot meanwhile go to the live connection, and the
+// requests that found no other one wait for that one attempt and share
+// its outcome (they do not each try again). Every handshake is bounded:
+// 5 s for a further connection and for the one attempt after a give-up,
+// else the request's reconnect timeout (at least 5 s).
 //
 // Memory: after a burst (1 s with no request in flight) the exporter gives
 // the freed buffers back (malloc_trim); --malloc-arenas N (default 1, 0:
@@ -213,6 +213,10 @@ bool connect_by(nbd_handle* h, Clock::time_point by, std::string* why) {
   const auto start = Clock::now();
   if (nbd_aio_connect_unix(h, opts.socket.c_str()) < 0) return false;
   while (nbd_aio_is_connecting(h) == 1) {
+    if (gateway_gone) {
+      *why = "the gateway is gone (SIGUSR2)";
+      return false;
+    }
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(by - Clock::now()).count();
     if (left <= 0) {
       const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(by - start).count();
@@ -488,9 +492,13 @@ struct Slot {
   std::shared_ptr<Conn> conn;
   // Requests that chose this slot and have not returned (--conn-depth).
   std::atomic<int> in_flight{0};
-  // A request is connecting it (holding m): requests that can go to a live
-  // connection do not wait for it.
+  // A request is connecting it (without holding m): requests that can go
+  // to a live connection do not wait for it, the others wait on cv for
+  // that attempt's end (attempts counts them) and take its outcome.
   std::atomic<bool> connecting{false};
+  std::condition_variable cv;
+  unsigned attempts = 0;  // under m
+  std::string last_error;  // under m: why the last attempt failed
   // Until then (steady_clock ticks), a further connection here is not tried
   // again: it failed while another connection carried the requests.
   std::atomic<Clock::rep> paused_until{0};
@@ -575,27 +583,55 @@ bool other_live(const Slot& s) {
 
 // Replaces `seen` (what the request used: broken, stale, or nullptr) with
 // a new connection, unless another request already did; *attempted tells
-// whether this request made a connect attempt. The handshake may take
-// until `by`, or kSpareHandshake while another connection is live (a
-// failure then pauses the slot for kSparePause).
+// whether this request made, or waited for, a connect attempt. The
+// handshake may take until `by`; kSpareHandshake while another connection
+// is live (a failure then pauses the slot for kSparePause): then, while
+// the slot is paused or being connected, no attempt is made (nullptr: the
+// caller moves to the live connection).
 std::shared_ptr<Conn> replace(Slot& s, const std::shared_ptr<Conn>& seen, Clock::time_point by,
                               bool* attempted, std::string* why) {
   // Before taking s.m: other_live takes the other slots' locks.
-  const bool spare = opts.conn_depth > 0 && other_live(s);
-  std::lock_guard lk(s.m);
+  const bool spare = slots->size() > 1 && other_live(s);
+  std::shared_ptr<Conn> old;  // destroyed (its I/O thread joined) without s.m held
+  std::unique_lock lk(s.m);
   if (s.conn != seen && live(s.conn)) return s.conn;
-  s.conn.reset();
   if (gateway_gone) return nullptr;
-  *attempted = true;
-  const auto now = Clock::now();
+  if (s.connecting.load(std::memory_order_relaxed)) {
+    if (spare) {
+      *why = "another request is connecting it";
+      return nullptr;
+    }
+    // One attempt at a time: wait for it and take its outcome.
+    const unsigned n = s.attempts;
+    s.cv.wait(lk, [&] { return s.attempts != n; });
+    *attempted = true;
+    if (!s.conn) *why = s.last_error;
+    return s.conn;
+  }
+  if (spare && !s.spare_usable()) {
+    *why = "paused after a failed connection";
+    return nullptr;
+  }
+  old = std::move(s.conn);
   s.connecting.store(true, std::memory_order_relaxed);
+  *attempted = true;
+  lk.unlock();
+  old.reset();
+  const auto now = Clock::now();
   nbd_handle* h = connect_once(why, spare ? now + kSpareHandshake : std::max(by, now + kSpareHandshake));
+  std::shared_ptr<Conn> made = h ? std::make_shared<Conn>(h) : nullptr;
+  lk.lock();
+  s.conn = made;
+  if (!made) {
+    s.last_error = *why;
+    if (spare)
+      s.paused_until.store((Clock::now() + kSparePause).time_since_epoch().count(), std::memory_order_relaxed);
+  }
+  ++s.attempts;
   s.connecting.store(false, std::memory_order_relaxed);
-  if (h)
-    s.conn = std::make_shared<Conn>(h);
-  else if (spare)
-    s.paused_until.store((Clock::now() + kSparePause).time_since_epoch().count(), std::memory_order_relaxed);
-  return s.conn;
+  lk.unlock();
+  s.cv.notify_all();
+  return made;
 }
 
 // Runs submit(h, closure) (an nbd_aio_* call) on a connection and waits
@@ -612,18 +648,23 @@ int with_connection(Submit submit) {
   SlotUse use;
   // A slot being connected, or paused after a failed further connection:
   // a live connection elsewhere takes the request.
-  if (opts.conn_depth > 0 && !use.slot().spare_usable()) use.move_to_live();
+  if (!use.slot().spare_usable()) use.move_to_live();
   std::shared_ptr<Conn> c = current(use.slot());
   for (;;) {
     if (gateway_gone) return -EIO;
     std::string why;
-    if (!live(c) && opts.conn_depth > 0 && !use.slot().spare_usable() && use.move_to_live()) {
+    if (!live(c) && !use.slot().spare_usable() && use.move_to_live()) {
       c = current(use.slot());
       continue;
     }
-    if (!live(c)) c = replace(use.slot(), c, deadline, &attempted, &why);
-    if (!c && opts.conn_depth > 0 && use.move_to_live()) {
-      if (!spare_failed_said.exchange(true))
+    // After a give-up: one quick attempt, not another full wait.
+    bool tried = false;
+    if (!live(c)) {
+      c = replace(use.slot(), c, gave_up ? Clock::now() : deadline, &tried, &why);
+      attempted = attempted || tried;
+    }
+    if (!c && use.move_to_live()) {
+      if (tried && !spare_failed_said.exchange(true))
         say("a further connection to " + opts.socket + " failed (" + why +
             "); requests stay on the connections there are");
       c = current(use.slot());

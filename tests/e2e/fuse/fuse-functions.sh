@@ -28,6 +28,30 @@ start_exporter() {
   fail "rbdgw-fuse did not mount $disk"
 }
 
+# start_proxy VAR TARGET MODE: tests/e2e/fuse/silent-proxy.py on a new
+# socket (its path in VAR) in front of the NBD server on TARGET; every
+# silent connection adds a line to $TEST_TMP/silent.
+start_proxy() {
+  local __p="$TEST_TMP/proxy-$RANDOM.sock" __i
+  /usr/bin/python3 "$RBDGW_SOURCE_DIR/tests/e2e/fuse/silent-proxy.py" "$__p" "$2" \
+    "$TEST_TMP/silent" "$3" 2>>"$TEST_TMP/proxy.log" &
+  cleanup_fn "kill $!"
+  for ((__i = 0; __i < 100; __i++)); do
+    [ -S "$__p" ] && { printf -v "$1" '%s' "$__p"; return 0; }
+    sleep 0.1
+  done
+  fail "the proxy did not start"
+}
+
+# proxy_hang PROXY: (mode until-flag) cuts the relayed connections and
+# leaves every later one silent; returns once the cut is made.
+proxy_hang() {
+  local __i
+  touch "$1.hang"
+  for ((__i = 0; __i < 100; __i++)); do [ -e "$1.cut" ] && return 0; sleep 0.1; done
+  fail "the proxy did not cut its connections"
+}
+
 # attach_loop: a loop device on $disk (as lib/attach makes it), in $loop.
 attach_loop() {
   loop=$(losetup --find --show --direct-io=off "$disk")

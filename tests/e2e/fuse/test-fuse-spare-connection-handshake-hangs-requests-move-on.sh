@@ -16,48 +16,15 @@ requires test -f /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-delay-filter.so
 # 8 workers per connection, reads held 20 ms: 32 readers fill one
 # connection and spill over.
 start_nbdkit sock gw --threads 8 --filter=delay memory 64M rdelay=20ms
-# A unix-socket proxy in front of it: the first connection is relayed to
-# nbdkit, every later one is accepted and then left silent.
-proxy=$TEST_TMP/proxy.sock
-/usr/bin/python3 - "$proxy" "$sock" "$TEST_TMP/silent" <<'PY' 2>"$TEST_TMP/proxy.log" &
-import os, socket, sys, threading
-listen_path, target, silent_log = sys.argv[1:]
-srv = socket.socket(socket.AF_UNIX)
-srv.bind(listen_path)
-srv.listen(16)
-held, first = [], True
-def pump(a, b):
-    try:
-        while (d := a.recv(1 << 20)):
-            b.sendall(d)
-    except OSError:
-        pass
-    for s in (a, b):
-        try: s.shutdown(socket.SHUT_RDWR)
-        except OSError: pass
-while True:
-    c, _ = srv.accept()
-    if first:
-        first = False
-        t = socket.socket(socket.AF_UNIX)
-        t.connect(target)
-        threading.Thread(target=pump, args=(c, t), daemon=True).start()
-        threading.Thread(target=pump, args=(t, c), daemon=True).start()
-    else:
-        held.append(c)  # accepted, never answered
-        with open(silent_log, "a") as f: f.write("x\n")
-PY
-proxy_pid=$!
-cleanup_fn "kill $proxy_pid"
-for _ in $(seq 100); do [ -S "$proxy" ] && break; sleep 0.1; done
-[ -S "$proxy" ] || fail "the proxy did not start"
-
+# A proxy in front of it: the first connection is relayed to nbdkit, every
+# later one is accepted and then left silent.
+start_proxy proxy "$sock" first
 start_exporter "$proxy" --connections 4 --conn-depth 8 --threads 32 --idle-threads 2 --reconnect-timeout 300
 write_data 8
 start=$(now)
 # 120 s bounds a hang (the proxy never answers, so without the fix the
 # readers never finish); it is no speed threshold: the fix's worst case is
-# one 5 s handshake wait per reader.
+# one 5 s handshake wait.
 timeout -s KILL 120 fio --name=spill --filename="$disk" --rw=randread --bs=4k --direct=1 \
   --ioengine=psync --numjobs=32 --size=8M --number_ios=40 --group_reporting \
   --output="$TEST_TMP/fio.txt" ||
@@ -79,5 +46,20 @@ grep -q "err= 0" "$TEST_TMP/fio2.txt" || { cat "$TEST_TMP/fio2.txt" >&2; fail "f
 pass "a second spilling burst leaves the silent slots alone (still $tries tries)"
 cmp -s <(dd if="$disk" bs=1M count=8 iflag=direct status=none) "$TEST_TMP/data" || fail "the data read back differs"
 pass "data intact"
+attach_loop
+assert_torn_down
+
+# The same without --conn-depth (a volume's own gateway: 2 connections in
+# turn): every read succeeds, the silent second connection is tried once.
+start_proxy proxy2 "$sock" first
+: >"$TEST_TMP/silent"
+start_exporter "$proxy2" --connections 2 --threads 8 --reconnect-timeout 300
+for i in 1 2 3 4 5 6; do
+  timeout -s KILL 60 dd if="$disk" bs=4k count=1 skip=$i iflag=direct status=none of="$TEST_TMP/r" ||
+    { cat "$exporter_log" >&2; fail "read $i failed or hung with connections taken in turn"; }
+  cmp -s "$TEST_TMP/r" <(dd if="$TEST_TMP/data" bs=4k count=1 skip=$i status=none) || fail "read $i differs"
+done
+[ "$(wc -l <"$TEST_TMP/silent")" = 1 ] || fail "the silent connection was tried $(wc -l <"$TEST_TMP/silent") times, not once"
+pass "connections in turn: 6 reads served by the relayed one, the silent one tried once"
 attach_loop
 assert_torn_down
