@@ -14,7 +14,9 @@
 # after the 4K random read on the loop device. BENCH_MAP_ARGS="ARGS" adds
 # arguments to that map (e.g. --shared-gateway: the volume on the node's
 # shared gateway, whose export is then the volume's named export; space-
-# separated; $RBDGW_SHARED_GATEWAY_THREADS passes through). BENCH_FUSE_BIN=PATH runs
+# separated; $RBDGW_SHARED_GATEWAY_THREADS passes through, or per config
+# BENCH_SHARED_THREADS=N: the shared gateway stops with its last volume, so
+# each config's map starts its own). BENCH_FUSE_BIN=PATH runs
 # another rbdgw-fuse binary, BENCH_PLUGIN_BIN=PATH another nbdkit-rbd-plugin.so
 # (A/Bs of old and new code). Leaves nothing
 # behind.
@@ -70,6 +72,7 @@ real_losetup=$(command -v losetup) real_nbdkit=$(command -v nbdkit)
 # map_with CONFIG-BODY: rbdgw map with that config's wrappers.
 map_with() {
   local body=$1 kv dio= fa= na= pa= ma= fb=$fuse pb=$RBDGW_PLUGIN
+  local sthreads=${RBDGW_SHARED_GATEWAY_THREADS-}
   IFS=',' read -ra kvs <<<"$body"
   for kv in "${kvs[@]}"; do
     case $kv in
@@ -80,6 +83,7 @@ map_with() {
       BENCH_MAP_ARGS=*) ma=${kv#*=} ;;
       BENCH_FUSE_BIN=*) fb=${kv#*=} ;;
       BENCH_PLUGIN_BIN=*) pb=${kv#*=} ;;
+      BENCH_SHARED_THREADS=*) sthreads=${kv#*=} ;;
       "") ;;
       *) echo "levers.sh: unknown lever '$kv'" >&2; exit 2 ;;
     esac
@@ -95,6 +99,7 @@ map_with() {
   fi
   chmod +x "$bin"/*
   dev=$(PATH=$bin:$PATH NBDKIT=$bin/nbdkit RBDGW_FUSE_EXPORTER=$bin/fuse \
+        env ${sthreads:+RBDGW_SHARED_GATEWAY_THREADS=$sthreads} \
         "$rbdgw" --run-root "$run_root" map rbd/bench --attach userspace $ma 2>"$dir/map.log") ||
     { cat "$dir/map.log" >&2; exit 1; }
   mapped=1
