@@ -58,16 +58,7 @@ export CEPH_CONF
 rbd create --size 2G rbd/bench
 fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench \
   --rw=write --bs=4M --iodepth=16 --direct=1 --output=/dev/null
-clk=$(getconf CLK_TCK)
-cpu_ticks() {
-  local t=0 p f
-  for p; do
-    f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-    set -- $f
-    t=$((t + ${12} + ${13}))
-  done
-  echo "$t"
-}
+source "$src/bench/lib/cpu.sh"  # clk, cpu_ticks
 real_losetup=$(command -v losetup) real_nbdkit=$(command -v nbdkit)
 # map_with CONFIG-BODY: rbdgw map with that config's wrappers.
 map_with() {

@@ -159,16 +159,7 @@ fsize=$(python3 -c "import sys; s = sys.argv[1]; m = {'M': 2**20, 'G': 2**30}[s[
 
 rbdgw_() { "$rbdgw" --run-root "$run_root" "$@"; }
 stash() { jq -r "$2" "$run_root/$1/stash.json"; }
-clk=$(getconf CLK_TCK)
-cpu_ticks() {  # PIDS...: utime+stime of all their threads
-  local t=0 p f
-  for p; do
-    f=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-    set -- $f
-    t=$((t + ${12} + ${13}))
-  done
-  echo "$t"
-}
+source "$src/bench/lib/cpu.sh"  # clk, cpu_ticks
 
 # job COLUMN ROW PIDS FIO-ARGS...: one fio job; appends
 # "COLUMN ROW VALUE CPU-PER-UNIT" to $dir/results.

@@ -272,9 +272,7 @@ void serve(int fd, rbd_image_t img, std::uint64_t size) {
     }
     const bool known = q->type == kCmdRead || q->type == kCmdWrite || q->type == kCmdFlush ||
                        q->type == kCmdTrim || q->type == kCmdWriteZeroes;
-    if (!known) { q->buf.clear(); reply(*q, -EINVAL); continue; }
-    if (bad_range && q->type != kCmdFlush) { q->buf.clear(); reply(*q, -EINVAL); continue; }
-    if (q->type != kCmdRead) q->buf.shrink_to_fit();
+    if (!known || (bad_range && q->type != kCmdFlush)) { reply(*q, -EINVAL); continue; }
     submit(img, std::move(q), off);
     if (conn->broken) break;
   }

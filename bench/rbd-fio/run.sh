@@ -80,13 +80,7 @@ start_server() {  # nbdkit | qemu-nbd | aio
 }
 stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=; }
 
-clk=$(getconf CLK_TCK)
-cpu_ticks() {  # PID: utime+stime of all its threads (0 without a PID)
-  [ -n "$1" ] || { echo 0; return; }
-  local f; f=$(sed 's/.*) //' "/proc/$1/stat")
-  set -- $f
-  echo $((${12} + ${13}))
-}
+source "$src/bench/lib/cpu.sh"  # clk, cpu_ticks
 
 # run_fio WAY NAME RW BS DEPTH: prints MiB/s (bs 4M) or IOPS (bs 4K), and
 # the server's CPU (core-seconds) per GiB or per 1000 I/Os ("-" for librbd),

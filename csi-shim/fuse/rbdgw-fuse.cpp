@@ -206,6 +206,20 @@ constexpr auto kSpareHandshake = std::chrono::seconds(5);
 // How long a slot whose further connection failed is left alone.
 constexpr auto kSparePause = std::chrono::seconds(30);
 
+// The poll events a handle's socket waits for (nbd_aio_get_direction).
+short poll_events(unsigned dir) {
+  return static_cast<short>(((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
+                            ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0));
+}
+
+// Tells libnbd what poll saw on its socket (dir: what it waited for);
+// returns nbd_aio_notify_*'s result, 0 when there was nothing to tell.
+int notify(nbd_handle* h, unsigned dir, short revents) {
+  if ((dir & LIBNBD_AIO_DIRECTION_READ) && (revents & (POLLIN | POLLHUP | POLLERR))) return nbd_aio_notify_read(h);
+  if ((dir & LIBNBD_AIO_DIRECTION_WRITE) && (revents & (POLLOUT | POLLHUP | POLLERR))) return nbd_aio_notify_write(h);
+  return 0;
+}
+
 // Connects and runs the NBD handshake until `by`: a server that accepts
 // and then never answers (its connection threads stuck, or not started)
 // must not hold the caller, and with it its slot, forever.
@@ -224,20 +238,20 @@ bool connect_by(nbd_handle* h, Clock::time_point by, std::string* why) {
       return false;
     }
     const unsigned dir = nbd_aio_get_direction(h);
-    pollfd p{nbd_aio_get_fd(h), 0, 0};
-    if (dir & LIBNBD_AIO_DIRECTION_READ) p.events |= POLLIN;
-    if (dir & LIBNBD_AIO_DIRECTION_WRITE) p.events |= POLLOUT;
+    pollfd p{nbd_aio_get_fd(h), poll_events(dir), 0};
     if (p.fd < 0 || ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000))) < 0) {
       if (p.fd >= 0 && errno == EINTR) continue;
       return false;
     }
-    if ((dir & LIBNBD_AIO_DIRECTION_READ) && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
-      if (nbd_aio_notify_read(h) < 0) return false;
-    } else if ((dir & LIBNBD_AIO_DIRECTION_WRITE) && (p.revents & (POLLOUT | POLLHUP | POLLERR))) {
-      if (nbd_aio_notify_write(h) < 0) return false;
-    }
+    if (notify(h, dir, p.revents) < 0) return false;
   }
   return nbd_aio_is_ready(h) == 1;
+}
+
+// The deadline of a connect made outside a request (the first one, a size
+// refresh): the reconnect timeout, at least kSpareHandshake.
+Clock::time_point standalone_deadline() {
+  return Clock::now() + std::max<std::chrono::seconds>(std::chrono::seconds(opts.reconnect_timeout), kSpareHandshake);
 }
 
 // A new connection whose handshake ended by `by`, or nullptr (with the
@@ -453,8 +467,7 @@ class Conn {
       unsigned dir = 0;
       if (!dead()) {  // a dead handle's socket is closed: wait for stop_
         dir = nbd_aio_get_direction(h_);
-        if (dir & LIBNBD_AIO_DIRECTION_READ) fds[1].events |= POLLIN;
-        if (dir & LIBNBD_AIO_DIRECTION_WRITE) fds[1].events |= POLLOUT;
+        fds[1].events = poll_events(dir);
         n = 2;
       }
       if (::poll(fds, n, timeout) < 0) continue;
@@ -464,10 +477,7 @@ class Conn {
       }
       if (n < 2) continue;
       // Errors end in a dead handle (its commands completed with an error).
-      if ((dir & LIBNBD_AIO_DIRECTION_READ) && (fds[1].revents & (POLLIN | POLLHUP | POLLERR)))
-        nbd_aio_notify_read(h_);
-      else if ((dir & LIBNBD_AIO_DIRECTION_WRITE) && (fds[1].revents & (POLLOUT | POLLHUP | POLLERR)))
-        nbd_aio_notify_write(h_);
+      notify(h_, dir, fds[1].revents);
     }
   }
 
@@ -646,13 +656,12 @@ int with_connection(Submit submit) {
   auto backoff = std::chrono::milliseconds(20);
   bool reported = false, attempted = false;
   SlotUse use;
-  // A slot being connected, or paused after a failed further connection:
-  // a live connection elsewhere takes the request.
-  if (!use.slot().spare_usable()) use.move_to_live();
   std::shared_ptr<Conn> c = current(use.slot());
   for (;;) {
     if (gateway_gone) return -EIO;
     std::string why;
+    // A slot being connected, or paused after a failed further connection:
+    // a live connection elsewhere takes the request.
     if (!live(c) && !use.slot().spare_usable() && use.move_to_live()) {
       c = current(use.slot());
       continue;
@@ -758,8 +767,7 @@ void refresh_loop() {
       continue;
     }
     std::string why;
-    nbd_handle* h = connect_once(&why, Clock::now() + std::max<std::chrono::seconds>(
-                                                           std::chrono::seconds(opts.reconnect_timeout), kSpareHandshake));
+    nbd_handle* h = connect_once(&why, standalone_deadline());
     if (!h) {
       say("size refresh: connect to " + opts.socket + ": " + why);
       continue;
@@ -972,8 +980,7 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::string why;
-  nbd_handle* first = connect_once(&why, Clock::now() + std::max<std::chrono::seconds>(
-                                                        std::chrono::seconds(opts.reconnect_timeout), kSpareHandshake));
+  nbd_handle* first = connect_once(&why, standalone_deadline());
   if (!first) {
     say("connect to " + opts.socket + ": " + why);
     return 1;
