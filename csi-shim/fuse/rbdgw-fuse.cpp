@@ -2,7 +2,7 @@
 // file through FUSE, for a loop device to sit on.
 //
 //   rbdgw-fuse [--name NAME] [--export NAME] [--readonly] [--no-punch-hole] [--connections N]
-//              [--conn-depth N] [--threads N] [--max-background N] [--clone-fd] [--malloc-arenas N]
+//              [--conn-depth N] [--threads N] [--max-background N] [--malloc-arenas N]
 //              [--reconnect-timeout SECONDS] [--idle-disconnect SECONDS] [--idle-threads N]
 //              [--size-file PATH] SOCKET FILE
 //
@@ -108,6 +108,7 @@
 // registered).
 #define FUSE_USE_VERSION 312
 #include <fuse.h>
+#include <fuse_lowlevel.h>
 #include <libnbd.h>
 
 #include <algorithm>
@@ -124,12 +125,14 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <list>
 #include <vector>
 
 namespace {
@@ -158,17 +161,16 @@ struct Options {
   int conn_depth = 0;  // 0: round robin over the connections
   int reconnect_timeout = 300;
   int idle_disconnect = 0;  // seconds; 0: connections stay open
-  // FUSE request threads (libfuse's multithreaded loop; all kept alive),
-  // the kernel's cap on async (background) requests in flight (the loop
-  // device's direct I/O arrives as async direct I/O; the kernel's default
-  // is 12; 0 keeps it), and clone_fd (one /dev/fuse fd per thread).
+  // FUSE request threads (made on demand up to this many, see
+  // request_loop) and the kernel's cap on async (background) requests in
+  // flight (the loop device's direct I/O arrives as async direct I/O; the
+  // kernel's default is 12; 0 keeps it).
   int threads = 16;
-  // --idle-threads N: FUSE threads kept when idle (libfuse's
-  // max_idle_threads; more exit once idle, new ones are made on demand up
-  // to --threads); -1: all of them (--threads).
+  // --idle-threads N: FUSE threads kept when idle; more exit after
+  // kThreadLinger without a request (new ones are made on demand up to
+  // --threads); -1: all of them (--threads).
   int idle_threads = -1;
   int max_background = 32;
-  bool clone_fd = false;
   // --malloc-arenas N: glibc's M_ARENA_MAX (0: glibc's default, 8 per core).
   int malloc_arenas = 1;
 };
@@ -912,7 +914,7 @@ int fs_truncate(const char*, off_t size, fuse_file_info*) {
 [[noreturn]] void usage(const std::string& msg) {
   std::fprintf(stderr,
                "rbdgw-fuse: %s\nusage: rbdgw-fuse [--name NAME] [--export NAME] [--readonly] [--no-punch-hole] [--connections N] "
-               "[--conn-depth N] [--threads N] [--max-background N] [--clone-fd] [--malloc-arenas N] [--reconnect-timeout SECONDS] "
+               "[--conn-depth N] [--threads N] [--max-background N] [--malloc-arenas N] [--reconnect-timeout SECONDS] "
                "[--idle-disconnect SECONDS] [--idle-threads N] [--size-file PATH] "
                "SOCKET FILE\n",
                msg.c_str());
@@ -946,7 +948,6 @@ void parse_args(int argc, char** argv) {
     else if (a == "--threads") opts.threads = parse_int(value(), "--threads", 1, 256);
     else if (a == "--idle-threads") opts.idle_threads = parse_int(value(), "--idle-threads", 1, 256);
     else if (a == "--max-background") opts.max_background = parse_int(value(), "--max-background", 0, 65535);
-    else if (a == "--clone-fd") opts.clone_fd = true;
     else if (a == "--malloc-arenas") opts.malloc_arenas = parse_int(value(), "--malloc-arenas", 0, 1024);
     else if (a == "--reconnect-timeout")
       opts.reconnect_timeout = parse_int(value(), "--reconnect-timeout", 0, 86400 * 365);
@@ -960,6 +961,159 @@ void parse_args(int argc, char** argv) {
   opts.file = pos[1];
   for (char c : opts.name)
     if (c == ',' || c == '\\') usage("--name '" + opts.name + "': ',' and '\\' not allowed");
+}
+
+// The FUSE request loop (in place of libfuse's fuse_loop_mt): worker
+// threads read requests from /dev/fuse and serve them; when a worker takes
+// a request and none is left waiting for the next, another is made (up to
+// --threads). libfuse ended a worker as soon as it found more than
+// max_idle_threads idle, which under a steady load happens between any two
+// requests: the shared gateway's exporter (--idle-threads 2) ended and
+// made thousands of threads a second under 16 parallel 4K readers, and
+// its reads ran at 0.8x of its own gateway's (docs/benchmarks.md, seventh
+// round). Here a worker beyond --idle-threads exits only after
+// kThreadLinger without a request: the main thread looks every
+// kReapTick, tells such a worker to go and interrupts its read with
+// kWakeSignal (a no-op handler, no SA_RESTART: the read ends with EINTR).
+// The signal is blocked outside the read, so it never interrupts a
+// request being served; one that arrives just before the read is retried
+// at the next tick. SIGTERM, SIGINT, SIGHUP and SIGQUIT are blocked in the
+// workers (libfuse's handlers run on the main thread and end the session);
+// on exit every worker is told to go and the loop waits for the ones
+// serving a request, as libfuse's did.
+constexpr auto kThreadLinger = std::chrono::seconds(1);
+constexpr auto kReapTick = std::chrono::milliseconds(250);
+const int kWakeSignal = SIGRTMIN + 1;
+
+struct Worker {
+  pthread_t thread{};
+  bool idle = true;  // waiting for a request (or about to)
+  bool told = false;  // told to exit (counted in pool.told)
+  Clock::time_point idle_since = Clock::now();
+};
+
+struct Pool {
+  fuse_session* se = nullptr;
+  std::mutex m;
+  std::condition_variable changed;  // a worker exited
+  std::list<Worker> workers;  // stable addresses; a worker removes its own
+  int idle = 0;  // workers with idle set
+  int told = 0;  // workers with told set
+  int error = 0;  // a read error that ended the session
+};
+Pool pool;
+
+void worker_main(Worker* w);
+
+// A new worker; pool.m held.
+void start_worker() {
+  Worker& w = pool.workers.emplace_back();
+  ++pool.idle;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  const int r = pthread_create(
+      &w.thread, &attr, [](void* p) -> void* { worker_main(static_cast<Worker*>(p)); return nullptr; }, &w);
+  pthread_attr_destroy(&attr);
+  if (r != 0) {
+    say(std::string("cannot start a FUSE thread: ") + std::strerror(r));
+    --pool.idle;
+    pool.workers.pop_back();
+  }
+}
+
+void worker_main(Worker* w) {
+  sigset_t quiet, wake;
+  sigemptyset(&quiet);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) sigaddset(&quiet, sig);
+  sigaddset(&quiet, kWakeSignal);
+  pthread_sigmask(SIG_BLOCK, &quiet, nullptr);
+  sigemptyset(&wake);
+  sigaddset(&wake, kWakeSignal);
+  fuse_buf buf{};
+  std::unique_lock lk(pool.m);
+  while (!w->told && !fuse_session_exited(pool.se)) {
+    lk.unlock();
+    pthread_sigmask(SIG_UNBLOCK, &wake, nullptr);
+    const int res = fuse_session_receive_buf(pool.se, &buf);
+    pthread_sigmask(SIG_BLOCK, &wake, nullptr);
+    lk.lock();
+    if (res == -EINTR || res == -EAGAIN) continue;
+    if (res <= 0) {  // 0: unmounted (the session has ended)
+      if (res < 0) {
+        pool.error = res;
+        fuse_session_exit(pool.se);
+      }
+      break;
+    }
+    w->idle = false;
+    --pool.idle;
+    if (w->told) {  // told between the read and here: it serves after all
+      w->told = false;
+      --pool.told;
+    }
+    if (pool.idle == 0 && static_cast<int>(pool.workers.size()) < opts.threads) start_worker();
+    lk.unlock();
+    fuse_session_process_buf(pool.se, &buf);
+    lk.lock();
+    w->idle = true;
+    w->idle_since = Clock::now();
+    ++pool.idle;
+  }
+  if (w->idle) --pool.idle;
+  if (w->told) --pool.told;
+  pool.workers.remove_if([w](const Worker& x) { return &x == w; });
+  pool.changed.notify_all();
+  lk.unlock();
+  std::free(buf.mem);
+}
+
+// Tells workers idle for kThreadLinger to exit while more than
+// --idle-threads would stay idle; pool.m held.
+void reap_idle(Clock::time_point now) {
+  const int keep = opts.idle_threads > 0 ? opts.idle_threads : opts.threads;
+  for (Worker& w : pool.workers) {
+    if (w.told) {
+      pthread_kill(w.thread, kWakeSignal);  // it may have missed the first
+      continue;
+    }
+    if (pool.idle - pool.told <= keep) break;
+    if (w.idle && now - w.idle_since >= kThreadLinger) {
+      w.told = true;
+      ++pool.told;
+      pthread_kill(w.thread, kWakeSignal);
+    }
+  }
+}
+
+// Serves requests until the session ends (unmount, or a signal handled by
+// libfuse's handlers); 0, or the read error that ended it.
+int request_loop(fuse_session* se) {
+  struct sigaction sa {};
+  sa.sa_handler = [](int) {};
+  sigemptyset(&sa.sa_mask);
+  sigaction(kWakeSignal, &sa, nullptr);
+  pool.se = se;
+  std::unique_lock lk(pool.m);
+  start_worker();
+  while (!fuse_session_exited(se) && !pool.workers.empty()) {
+    pool.changed.wait_for(lk, kReapTick);
+    reap_idle(Clock::now());
+  }
+  fuse_session_exit(se);
+  for (;;) {
+    for (Worker& w : pool.workers) {
+      if (!w.told) {
+        w.told = true;
+        ++pool.told;
+      }
+      pthread_kill(w.thread, kWakeSignal);
+    }
+    if (pool.workers.empty()) break;
+    pool.changed.wait_for(lk, kReapTick);
+  }
+  fuse_session_reset(se);
+  return pool.error;
 }
 
 }  // namespace
@@ -1021,13 +1175,7 @@ int main(int argc, char** argv) {
     if (fuse_set_signal_handlers(fuse_get_session(f)) == 0) {
       say("serving " + opts.socket + " at " + opts.file + " (" + std::to_string(export_size.load()) +
           " bytes)");
-      fuse_loop_config* cfg = fuse_loop_cfg_create();
-      fuse_loop_cfg_set_max_threads(cfg, static_cast<unsigned>(opts.threads));
-      fuse_loop_cfg_set_idle_threads(
-          cfg, static_cast<unsigned>(opts.idle_threads > 0 ? std::min(opts.idle_threads, opts.threads) : opts.threads));
-      fuse_loop_cfg_set_clone_fd(cfg, opts.clone_fd ? 1 : 0);
-      rc = fuse_loop_mt(f, cfg) == 0 ? 0 : 1;
-      fuse_loop_cfg_destroy(cfg);
+      rc = request_loop(fuse_get_session(f)) == 0 ? 0 : 1;
       fuse_remove_signal_handlers(fuse_get_session(f));
     }
     fuse_unmount(f);
