@@ -34,14 +34,17 @@ void fuse_exporter_run(Context& c) {
   // and closes them once idle. One connection capped a busy volume at 8
   // requests in flight, a quarter of its own gateway's 2 x 16 (issue 13:
   // the I/O of one volume unchanged); 4 x 8 serve 32.
+  // FUSE threads beyond 2 exit after 1 s without a request (made again on
+  // demand, up to --threads): an idle exporter that once had 32 requests
+  // in flight kept them all. bench/attach/levers.sh, 2 rounds, eighth
+  // round in docs/benchmarks.md: a volume's own gateway with 2 kept vs all
+  // the same speed within the noise; on the shared gateway the 1 s (not
+  // libfuse's exit the moment a thread is idle) lifted 4K randread on the
+  // loop device 6403 -> 7228 IOPS, to 0.96x of the own gateway's.
+  argv.insert(argv.begin() + 1, {"--idle-threads", "2"});
   if (!s.shared_dir.empty()) {
-    // FUSE threads beyond 2 exit once idle (made again on demand, up to 32):
-    // an idle exporter that once had 32 requests in flight kept 16
-    // (bench/attach/levers.sh, idle-threads 2 vs all: same speed within
-    // the noise, 20 -> 6 exporter threads after a 4K random read).
     argv.insert(argv.begin() + 1, {"--export", s.volume_id, "--connections", "4", "--conn-depth",
-                                   std::to_string(shared_threads()), "--threads", "32",
-                                   "--idle-threads", "2"});
+                                   std::to_string(shared_threads()), "--threads", "32"});
     // Encrypted volumes too: the luks2 filter keeps the unlocked volume
     // while its secret store entry exists, so a reconnect runs no PBKDF.
     if (const int idle = shared_idle_disconnect(); idle > 0)
