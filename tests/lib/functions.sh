@@ -52,6 +52,29 @@ unique() { echo "${1:-t}-$$-$BASHPID"; }
 # rbd CLI against the test cluster ($CEPH_CONF).
 rbd_cli() { rbd -c "$CEPH_CONF" "$@"; }
 
+# resume_osd PID ID: SIGCONT to the stopped OSD osd.ID (pid PID), then waits
+# until none of its PGs is laggy. Ceph 16.2 on a one-OSD cluster can leave
+# a PG "laggy" for good after the OSD was stopped for longer than its read
+# lease (~16 s): every op on it waits "for readable" forever and the
+# cluster is wedged for every later test (ceph/ceph-container#1682; seen
+# twice in 4 runs of io-waits-out-a-ceph-stall, 2026-12-03). With replicas
+# the lease acks clear it; here nothing does, so after 10 s the OSD is
+# marked down once (`ceph osd down`: a new interval, which peering clears;
+# the OSD marks itself up again at once) and that is logged.
+resume_osd() {
+  local pid=$1 id=$2 i
+  kill -CONT "$pid"
+  laggy() { ceph -c "$CEPH_CONF" pg ls laggy 2>/dev/null | grep -q laggy; }
+  for ((i = 0; i < 20; i++)); do laggy || return 0; sleep 0.5; done
+  echo "resume_osd: PGs of osd.$id still laggy 10 s after SIGCONT ($(ceph -c "$CEPH_CONF" pg ls laggy 2>/dev/null | awk '/laggy/ {print $1}' | tr '\n' ' ')): Ceph's one-OSD read-lease wedge (ceph/ceph-container#1682); marking osd.$id down once" >&2
+  ceph -c "$CEPH_CONF" osd down "$id" >&2
+  for ((i = 0; i < 60; i++)); do
+    laggy || { ceph -c "$CEPH_CONF" osd dump 2>/dev/null | grep -q "^osd.$id up" && return 0; }
+    sleep 0.5
+  done
+  fail "osd.$id still laggy or down 30 s after 'ceph osd down'"
+}
+
 # start_nbdkit SOCKVAR PIDVAR nbdkit-args...: starts nbdkit on a unix socket
 # in $TEST_TMP, waits until it serves, registers its cleanup.
 start_nbdkit() {

@@ -29,7 +29,7 @@ cleanup_fn "kill -9 $writer 2>/dev/null"
 sleep 45
 kill -0 "$writer" 2>/dev/null || fail "the writer ended during the stall: $(cat "$TEST_TMP/writer.err")"
 [ "$(wc -l <"$TEST_TMP/acked")" -le 1 ] || fail "writes were acknowledged while the OSD was stopped"
-kill -CONT "$osd"
+resume_osd "$osd" 0
 logs() { echo "gateway.log:"; tail -8 "$(jq -r .gateway_log "$stash")"; echo "fuse.log:"; tail -8 "$(dirname "$(jq -r .gateway_log "$stash")")/fuse.log"; }
 wait "$writer" || fail "a write failed after a 45 s Ceph stall: $(tail -1 "$TEST_TMP/writer.err"); $(logs)"
 /usr/bin/python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); os.fsync(fd)' "$dev" ||
