@@ -20,8 +20,9 @@
 //
 // Once a request has given up after the reconnect timeout, later requests
 // do not each wait it out again: each makes one connect attempt and fails
-// with EIO at once if that fails, until a connect succeeds (then all is as
-// before). Without this, the writeback of a filesystem on a dead gateway
+// with EIO once that fails (at once for a refused connect; a handshake
+// that hangs is waited for 5 s, then 10 s, ..., see below), until a
+// connect succeeds (then all is as before). Without this, the writeback of a filesystem on a dead gateway
 // took one full timeout per request.
 //
 // SIGUSR2 says "the gateway is gone for good" (for a forced unmap):
@@ -86,9 +87,15 @@
 // 30 s. The request that made the attempt waits for it (at most 5 s);
 // others that pick the slot meanwhile go to the live connection, and the
 // requests that found no other one wait for that one attempt and share
-// its outcome (they do not each try again). Every handshake is bounded:
-// 5 s for a further connection and for the one attempt after a give-up,
-// else the request's reconnect timeout (at least 5 s).
+// its outcome (they do not each try again), or leave for a connection
+// that has come up meanwhile. Every handshake is bounded: 5 s for a
+// further connection; else the slot's step, 5 s doubled after each failed
+// attempt up to 60 s (within the request's reconnect timeout), and ended
+// early once another connection works: a server that hangs one connection
+// gets a new one soon, one that is slow to answer still gets through.
+// After a give-up the step starts again at 5 s, so a request then waits
+// for one attempt of 5 s, 10 s, ... and a slow gateway gets the volume
+// back.
 //
 // Memory: after a burst (1 s with no request in flight) the exporter gives
 // the freed buffers back (malloc_trim); --malloc-arenas N (default 1, 0:
@@ -120,6 +127,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
+#include <functional>
 #include <linux/falloc.h>
 #include <malloc.h>
 #include <poll.h>
@@ -207,6 +215,8 @@ void sleep_unless_gone(std::chrono::milliseconds d) {
 constexpr auto kSpareHandshake = std::chrono::seconds(5);
 // How long a slot whose further connection failed is left alone.
 constexpr auto kSparePause = std::chrono::seconds(30);
+// The longest wait for one handshake when no other connection works.
+constexpr auto kMaxHandshake = std::chrono::seconds(60);
 
 // The poll events a handle's socket waits for (nbd_aio_get_direction).
 short poll_events(unsigned dir) {
@@ -225,12 +235,21 @@ int notify(nbd_handle* h, unsigned dir, short revents) {
 // Connects and runs the NBD handshake until `by`: a server that accepts
 // and then never answers (its connection threads stuck, or not started)
 // must not hold the caller, and with it its slot, forever.
-bool connect_by(nbd_handle* h, Clock::time_point by, std::string* why) {
+// `elsewhere` (if set) is asked once a second after kSpareHandshake: true
+// ends the wait (another connection works now).
+bool connect_by(nbd_handle* h, Clock::time_point by, std::string* why,
+                const std::function<bool()>& elsewhere) {
   const auto start = Clock::now();
   if (nbd_aio_connect_unix(h, opts.socket.c_str()) < 0) return false;
   while (nbd_aio_is_connecting(h) == 1) {
     if (gateway_gone) {
       *why = "the gateway is gone (SIGUSR2)";
+      return false;
+    }
+    if (elsewhere && Clock::now() - start >= kSpareHandshake && elsewhere()) {
+      *why = "no answer to the NBD handshake within " +
+             std::to_string(std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - start).count()) +
+             " s, while another connection works";
       return false;
     }
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(by - Clock::now()).count();
@@ -256,9 +275,16 @@ Clock::time_point standalone_deadline() {
   return Clock::now() + std::max<std::chrono::seconds>(std::chrono::seconds(opts.reconnect_timeout), kSpareHandshake);
 }
 
+// Set by connect_once on this thread: its last failure was a refused or
+// missing socket (no server listening: a gateway restarting), not a
+// server that hung up or did not answer.
+thread_local bool server_down = false;
+
 // A new connection whose handshake ended by `by`, or nullptr (with the
 // reason in *why).
-nbd_handle* connect_once(std::string* why, Clock::time_point by) {
+nbd_handle* connect_once(std::string* why, Clock::time_point by,
+                         const std::function<bool()>& elsewhere = {}) {
+  server_down = false;
   nbd_handle* h = nbd_create();
   if (!h) {
     *why = nbd_get_error();
@@ -269,8 +295,12 @@ nbd_handle* connect_once(std::string* why, Clock::time_point by) {
     nbd_close(h);
     return nullptr;
   }
-  if (!connect_by(h, by, why)) {
-    if (why->empty()) *why = nbd_get_error() ? nbd_get_error() : "connect failed";
+  if (!connect_by(h, by, why, elsewhere)) {
+    if (why->empty()) {
+      *why = nbd_get_error() ? nbd_get_error() : "connect failed";
+      const int e = nbd_get_errno();
+      server_down = e == ECONNREFUSED || e == ENOENT;
+    }
     nbd_close(h);
     return nullptr;
   }
@@ -511,6 +541,12 @@ struct Slot {
   std::condition_variable cv;
   unsigned attempts = 0;  // under m
   std::string last_error;  // under m: why the last attempt failed
+  // How long the next handshake may take when no other connection works
+  // (under m): kSpareHandshake, doubled after each failed attempt up to
+  // kMaxHandshake, back to kSpareHandshake after a success or a give-up. A
+  // server that hangs one connection gets a new one soon; one that is slow
+  // to answer still gets through.
+  std::chrono::seconds step = kSpareHandshake;
   // Until then (steady_clock ticks), a further connection here is not tried
   // again: it failed while another connection carried the requests.
   std::atomic<Clock::rep> paused_until{0};
@@ -595,14 +631,18 @@ bool other_live(const Slot& s) {
 
 // Replaces `seen` (what the request used: broken, stale, or nullptr) with
 // a new connection, unless another request already did; *attempted tells
-// whether this request made, or waited for, a connect attempt. The
-// handshake may take until `by`; kSpareHandshake while another connection
-// is live (a failure then pauses the slot for kSparePause): then, while
-// the slot is paused or being connected, no attempt is made (nullptr: the
-// caller moves to the live connection).
+// whether this request made, or waited for, a connect attempt. While
+// another connection is live the handshake gets kSpareHandshake and a
+// failure pauses the slot for kSparePause; then, while the slot is paused
+// or being connected, no attempt is made (nullptr: the caller moves to the
+// live connection). Otherwise the handshake gets the slot's step, within
+// `by` (at least kSpareHandshake), and ends early once another connection
+// works; requests that come meanwhile wait for that attempt and share its
+// outcome, or leave for a connection that has come up.
 std::shared_ptr<Conn> replace(Slot& s, const std::shared_ptr<Conn>& seen, Clock::time_point by,
                               bool* attempted, std::string* why) {
-  // Before taking s.m: other_live takes the other slots' locks.
+  // Before taking s.m: other_live takes the other slots' locks (so it is
+  // never called with s.m held).
   const bool spare = slots->size() > 1 && other_live(s);
   std::shared_ptr<Conn> old;  // destroyed (its I/O thread joined) without s.m held
   std::unique_lock lk(s.m);
@@ -613,9 +653,19 @@ std::shared_ptr<Conn> replace(Slot& s, const std::shared_ptr<Conn>& seen, Clock:
       *why = "another request is connecting it";
       return nullptr;
     }
-    // One attempt at a time: wait for it and take its outcome.
+    // One attempt at a time: wait for it and take its outcome, unless
+    // another connection comes up meanwhile.
     const unsigned n = s.attempts;
-    s.cv.wait(lk, [&] { return s.attempts != n; });
+    while (!s.cv.wait_for(lk, std::chrono::seconds(1), [&] { return s.attempts != n; })) {
+      lk.unlock();
+      const bool elsewhere = slots->size() > 1 && other_live(s);
+      lk.lock();
+      if (s.attempts != n) break;
+      if (elsewhere || gateway_gone) {
+        *why = "another request is connecting it";
+        return nullptr;
+      }
+    }
     *attempted = true;
     if (!s.conn) *why = s.last_error;
     return s.conn;
@@ -626,17 +676,36 @@ std::shared_ptr<Conn> replace(Slot& s, const std::shared_ptr<Conn>& seen, Clock:
   }
   old = std::move(s.conn);
   s.connecting.store(true, std::memory_order_relaxed);
+  const auto step = s.step;
   *attempted = true;
   lk.unlock();
   old.reset();
   const auto now = Clock::now();
-  nbd_handle* h = connect_once(why, spare ? now + kSpareHandshake : std::max(by, now + kSpareHandshake));
-  std::shared_ptr<Conn> made = h ? std::make_shared<Conn>(h) : nullptr;
+  const auto bound = spare ? now + kSpareHandshake : std::max(std::min(by, now + step), now + kSpareHandshake);
+  std::function<bool()> elsewhere;
+  if (!spare && slots->size() > 1) elsewhere = [&s] { return other_live(s); };
+  std::shared_ptr<Conn> made;
+  if (nbd_handle* h = connect_once(why, bound, elsewhere)) {
+    try {
+      made = std::make_shared<Conn>(h);
+    } catch (const std::exception& e) {
+      *why = std::string("cannot start the connection's I/O thread: ") + e.what();
+    }
+  }
+  // A failure while another connection works pauses the slot; not one
+  // where no server listens or the other connection has died meanwhile (a
+  // gateway restarting: its other connection's end may not have been seen
+  // yet).
+  const bool pause = !made && !server_down && slots->size() > 1 && other_live(s);
   lk.lock();
   s.conn = made;
-  if (!made) {
+  if (made) {
+    s.step = kSpareHandshake;
+    s.paused_until.store(0, std::memory_order_relaxed);
+  } else {
     s.last_error = *why;
-    if (spare)
+    if (!spare) s.step = std::min(step * 2, std::chrono::seconds(kMaxHandshake));
+    if (pause)
       s.paused_until.store((Clock::now() + kSparePause).time_since_epoch().count(), std::memory_order_relaxed);
   }
   ++s.attempts;
@@ -668,10 +737,11 @@ int with_connection(Submit submit) {
       c = current(use.slot());
       continue;
     }
-    // After a give-up: one quick attempt, not another full wait.
+    // After a give-up: no deadline but the slot's step (from 5 s after
+    // the give-up), not another full wait.
     bool tried = false;
     if (!live(c)) {
-      c = replace(use.slot(), c, gave_up ? Clock::now() : deadline, &tried, &why);
+      c = replace(use.slot(), c, gave_up ? Clock::time_point::max() : deadline, &tried, &why);
       attempted = attempted || tried;
     }
     if (!c && use.move_to_live()) {
@@ -699,9 +769,14 @@ int with_connection(Submit submit) {
     if (gateway_gone) return -EIO;
     if (gave_up && attempted) return -EIO;  // no second full wait
     if (Clock::now() > deadline) {
-      if (!gave_up.exchange(true))
+      if (!gave_up.exchange(true)) {
+        for (Slot& o : *slots) {
+          std::lock_guard lk(o.m);
+          o.step = kSpareHandshake;
+        }
         say("giving up after " + std::to_string(opts.reconnect_timeout) + " s: " + why +
             "; until a connect succeeds, requests fail with EIO after one connect attempt");
+      }
       return -EIO;
     }
     if (!reported) {

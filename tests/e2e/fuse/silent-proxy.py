@@ -8,6 +8,9 @@ MODE first: the first connection is relayed to TARGET, every later one
 MODE until-flag: every connection is relayed until the file LISTEN.hang
   appears; then the relayed ones are cut (a gateway restart) and every
   later one is left silent; LISTEN.cut tells that the cut is made.
+  Once the file LISTEN.relay appears (holding a number of seconds D),
+  every later connection is relayed again, D seconds after it came (a
+  gateway back, or one that is slow to answer).
 
 Each silent connection appends a line to LOG. Runs until killed."""
 import os
@@ -41,6 +44,14 @@ def pump(a, b):
             pass
 
 
+def relay_later(c, delay):
+    time.sleep(delay)
+    t = socket.socket(socket.AF_UNIX)
+    t.connect(target)
+    threading.Thread(target=pump, args=(c, t), daemon=True).start()
+    pump(t, c)
+
+
 def watch_flag():
     while not os.path.exists(listen_path + ".hang"):
         time.sleep(0.05)
@@ -67,6 +78,10 @@ while True:
             relayed.extend((c, t))
             threading.Thread(target=pump, args=(c, t), daemon=True).start()
             threading.Thread(target=pump, args=(t, c), daemon=True).start()
+        elif os.path.exists(listen_path + ".relay"):
+            with open(listen_path + ".relay") as f:
+                delay = float(f.read().strip() or 0)
+            threading.Thread(target=relay_later, args=(c, delay), daemon=True).start()
         else:
             held.append(c)
             with open(log, "a") as f:

@@ -6,9 +6,13 @@
 # helper-41: each waiter behind the slot's lock tried again, 5 s more per
 # place in the queue, one hung connection per request); they fail with EIO
 # at the reconnect timeout; after that give-up a request makes one quick
-# attempt (5 s), not another full wait; and SIGUSR2 ends a request waiting
-# in a hung handshake at once. Before stop 24 such a handshake hung
-# forever.
+# attempt (5 s), not another full wait, yet a gateway that answers slowly
+# (7 s) gets the volume back (review helper-42: after the give-up every
+# attempt was cut at 5 s, so it never did); a hung connection is given up
+# after 5 s for a new one when the gateway answers new ones (helper-42:
+# the first attempt kept the whole reconnect timeout); and SIGUSR2 ends a
+# request waiting in a hung handshake at once. Before stop 24 such a
+# handshake hung forever.
 source "$RBDGW_SOURCE_DIR/tests/lib/functions.sh"
 source "$RBDGW_SOURCE_DIR/tests/e2e/fuse/fuse-functions.sh"
 requires which timeout
@@ -20,7 +24,8 @@ write_data 4
 : >"$TEST_TMP/silent"
 proxy_hang "$proxy"  # the relayed connections are cut, every new one is silent
 
-# 8 readers at once (both slots): all fail with EIO at the timeout.
+# 8 readers at once (all on the first slot: --conn-depth 8): all fail with
+# EIO at the timeout.
 start=$(now)
 pids=()
 for i in 0 1 2 3 4 5 6 7; do
@@ -34,8 +39,9 @@ for i in "${!pids[@]}"; do
 done
 took=$(elapsed "$start")
 tries=$(wc -l <"$TEST_TMP/silent")
-# 2 slots: one shared attempt each (a few more if a request retried after
-# its backoff within the timeout); 8 or more is one per request.
+# Attempts of 5, 10 and the last 5 s of the 20 s on the slot, shared (a
+# few more if a request retried after its backoff); 8 or more is one per
+# request.
 [ "$tries" -ge 1 ] && [ "$tries" -le 5 ] ||
   { cat "$exporter_log" >&2; fail "$tries silent connections for 8 requests on 2 slots (each request tried on its own?)"; }
 grep -q "giving up after 20 s" "$exporter_log" || { cat "$exporter_log" >&2; fail "no give-up logged"; }
@@ -50,15 +56,54 @@ took=$(elapsed "$start")
 [ "$took" -lt 15000 ] || fail "the read after the give-up took $(secs "$took") s: it waited out the timeout again"
 pass "a read after the give-up failed after $(secs "$took") s (one 5 s attempt)"
 
-# SIGUSR2 during a hung handshake: a second exporter with a 300 s timeout.
+# The gateway back but slow to answer (7 s a handshake): reads get through
+# again (attempts of 5 s, then 10 s).
+echo 7 >"$proxy.relay"
+ok=
+for i in 1 2 3 4 5 6; do
+  if timeout -s KILL 120 dd if="$disk" bs=4k count=1 iflag=direct status=none of="$TEST_TMP/r" 2>/dev/null; then
+    ok=$i
+    break
+  fi
+done
+[ -n "$ok" ] || { cat "$exporter_log" >&2; fail "a gateway slow to answer (7 s) never got the volume back after the give-up"; }
+cmp -s "$TEST_TMP/r" <(head -c 4096 "$TEST_TMP/data") || fail "the read after the recovery differs"
+grep -q "requests to .* succeed again" "$exporter_log" || fail "the recovery was not logged"
+pass "a gateway slow to answer got the volume back at read $ok after the give-up"
+
+# One hung connection, the next answered at once: the requests get through
+# long before the 300 s reconnect timeout.
+fusermount3 -u "$disk" || fail "unmounting the exporter failed"
+wait "$exporter" || true
+start_proxy proxy3 "$sock" until-flag
+start_exporter "$proxy3" --connections 2 --conn-depth 8 --threads 16 --reconnect-timeout 300
+proxy_hang "$proxy3"
+before=$(wc -l <"$TEST_TMP/silent")
+start=$(now)
+pids=()
+for i in 0 1 2 3; do
+  timeout -s KILL 120 dd if="$disk" bs=4k count=1 skip=$i iflag=direct status=none of="$TEST_TMP/q$i" &
+  pids+=($!)
+done
+for _ in $(seq 100); do [ "$(wc -l <"$TEST_TMP/silent")" -gt "$before" ] && break; sleep 0.1; done
+[ "$(wc -l <"$TEST_TMP/silent")" -gt "$before" ] || fail "no connection was left silent"
+echo 0 >"$proxy3.relay"
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || { cat "$exporter_log" >&2; fail "read $i did not get through a new connection (the hung one kept it)"; }
+  cmp -s "$TEST_TMP/q$i" <(dd if="$TEST_TMP/data" bs=4k count=1 skip=$i status=none) || fail "read $i differs"
+done
+pass "one hung connection: 4 reads got through a new one after $(secs "$(elapsed "$start")") s (timeout 300 s)"
+
+# SIGUSR2 during a hung handshake: another exporter with a 300 s timeout.
 fusermount3 -u "$disk" || fail "unmounting the first exporter failed"
 wait "$exporter" || true
 start_proxy proxy2 "$sock" until-flag
 start_exporter "$proxy2" --connections 2 --conn-depth 8 --threads 16 --reconnect-timeout 300
 proxy_hang "$proxy2"
+before=$(wc -l <"$TEST_TMP/silent")
 timeout -s KILL 120 dd if="$disk" bs=4k count=1 iflag=direct status=none of=/dev/null 2>"$TEST_TMP/dd.err" &
 reader=$!
-for _ in $(seq 100); do [ "$(wc -l <"$TEST_TMP/silent")" -gt "$tries" ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ "$(wc -l <"$TEST_TMP/silent")" -gt "$before" ] && break; sleep 0.1; done
 sleep 1
 start=$(now)
 kill -USR2 "$exporter"
