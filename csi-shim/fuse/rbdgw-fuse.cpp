@@ -182,9 +182,29 @@ struct Options {
   // --malloc-arenas N: glibc's M_ARENA_MAX (0: glibc's default, 8 per core).
   int malloc_arenas = 1;
 };
-Options opts;
+// Never destroyed: detached threads (signal_loop) read it until the
+// process ends.
+Options& opts = *new Options;
 
 void say(const std::string& msg) { std::fprintf(stderr, "rbdgw-fuse: %s\n", msg.c_str()); }
+
+// SIGTERM, SIGINT, SIGHUP, SIGQUIT: handled (libfuse's handlers end the
+// session) only by the main thread, while it waits in request_loop.
+sigset_t stop_signals() {
+  sigset_t s;
+  sigemptyset(&s);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) sigaddset(&s, sig);
+  return s;
+}
+
+// Called first by every thread but the main one (the main thread's
+// threads made before the loop start with them unblocked; the workers'
+// inherit them blocked).
+void block_stop_signals() {
+  const sigset_t s = stop_signals();
+  pthread_sigmask(SIG_BLOCK, &s, nullptr);
+}
+
 
 // Export properties, refreshed on every (re)connect.
 std::atomic<std::int64_t> export_size{0};
@@ -465,6 +485,7 @@ class Conn {
   }
 
   void run() {
+    block_stop_signals();
     auto last_busy = Clock::now();
     const auto idle = std::chrono::seconds(opts.idle_disconnect);
     auto ms_until = [](Clock::duration d) {
@@ -860,6 +881,7 @@ void refresh_loop() {
 // that never grows pays no thread for it), SIGUSR2 declares the gateway
 // gone.
 void signal_loop(sigset_t set) {
+  block_stop_signals();  // refresh_loop inherits it
   bool refresher = false;
   for (;;) {
     int sig = 0;
@@ -1047,15 +1069,17 @@ void parse_args(int argc, char** argv) {
 // made thousands of threads a second under 16 parallel 4K readers, and
 // its reads ran at 0.8x of its own gateway's (docs/benchmarks.md, seventh
 // round). Here a worker beyond --idle-threads exits only after
-// kThreadLinger without a request: the main thread looks every
-// kReapTick, tells such a worker to go and interrupts its read with
-// kWakeSignal (a no-op handler, no SA_RESTART: the read ends with EINTR).
-// The signal is blocked outside the read, so it never interrupts a
-// request being served; one that arrives just before the read is retried
-// at the next tick. SIGTERM, SIGINT, SIGHUP and SIGQUIT are blocked in the
-// workers (libfuse's handlers run on the main thread and end the session);
-// on exit every worker is told to go and the loop waits for the ones
-// serving a request, as libfuse's did.
+// kThreadLinger without a request: while there are such workers the main
+// thread looks every kReapTick (otherwise it sleeps until a worker wakes
+// it), tells them to go and interrupts their read with kWakeSignal (a
+// no-op handler, no SA_RESTART: the read ends with EINTR). The signal is
+// blocked outside the read, so it never interrupts a request being
+// served; one that arrives just before the read is sent again at the next
+// tick. SIGTERM, SIGINT, SIGHUP and SIGQUIT are taken only by the main
+// thread while it waits (libfuse's handlers end the session; the exit
+// status is then 0, libfuse's loop gave 1); on exit every worker is told
+// to go and the loop waits for the ones serving a request, as libfuse's
+// did.
 constexpr auto kThreadLinger = std::chrono::seconds(1);
 constexpr auto kReapTick = std::chrono::milliseconds(250);
 const int kWakeSignal = SIGRTMIN + 1;
@@ -1070,39 +1094,68 @@ struct Worker {
 struct Pool {
   fuse_session* se = nullptr;
   std::mutex m;
-  std::condition_variable changed;  // a worker exited
   std::list<Worker> workers;  // stable addresses; a worker removes its own
   int idle = 0;  // workers with idle set
   int told = 0;  // workers with told set
   int error = 0;  // a read error that ended the session
+  // The main thread waits with no timeout (nothing to reap): a worker
+  // that makes something reapable wakes it through wake_fd.
+  bool main_asleep = false;
+  int wake_fd = -1;  // eventfd
+  bool start_failed_said = false;
+  Clock::time_point start_failed_at{};
 };
 Pool pool;
 
+void wake_main() {
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(pool.wake_fd, &one, sizeof one);
+}
+
+// Idle workers beyond --idle-threads (not counting those told to exit).
+int reapable() {
+  const int keep = opts.idle_threads > 0 ? opts.idle_threads : opts.threads;
+  return pool.idle - pool.told - keep;
+}
+
 void worker_main(Worker* w);
 
-// A new worker; pool.m held.
+// A new worker, if --threads allows and thread creation has not failed in
+// the last second (then one line is logged, once); pool.m held.
 void start_worker() {
+  if (static_cast<int>(pool.workers.size()) >= opts.threads) return;
+  if (pool.start_failed_at != Clock::time_point{} && Clock::now() - pool.start_failed_at < std::chrono::seconds(1))
+    return;
   Worker& w = pool.workers.emplace_back();
   ++pool.idle;
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  // Made with the stop signals and kWakeSignal blocked (no moment in which
+  // the new thread could take them).
+  sigset_t all = stop_signals(), old;
+  sigaddset(&all, kWakeSignal);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
   const int r = pthread_create(
       &w.thread, &attr, [](void* p) -> void* { worker_main(static_cast<Worker*>(p)); return nullptr; }, &w);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
   pthread_attr_destroy(&attr);
   if (r != 0) {
-    say(std::string("cannot start a FUSE thread: ") + std::strerror(r));
+    if (!pool.start_failed_said) {
+      say(std::string("cannot start a FUSE thread: ") + std::strerror(r) + " (" +
+          std::to_string(pool.workers.size() - 1) + " running; retried at most once a second)");
+      pool.start_failed_said = true;
+    }
+    pool.start_failed_at = Clock::now();
     --pool.idle;
     pool.workers.pop_back();
+  } else {
+    pool.start_failed_at = {};
   }
 }
 
 void worker_main(Worker* w) {
-  sigset_t quiet, wake;
-  sigemptyset(&quiet);
-  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) sigaddset(&quiet, sig);
-  sigaddset(&quiet, kWakeSignal);
-  pthread_sigmask(SIG_BLOCK, &quiet, nullptr);
+  sigset_t wake;
   sigemptyset(&wake);
   sigaddset(&wake, kWakeSignal);
   fuse_buf buf{};
@@ -1127,33 +1180,37 @@ void worker_main(Worker* w) {
       w->told = false;
       --pool.told;
     }
-    if (pool.idle == 0 && static_cast<int>(pool.workers.size()) < opts.threads) start_worker();
+    // No other worker left reading /dev/fuse (one told to exit does not
+    // count): another one.
+    if (pool.idle - pool.told == 0) start_worker();
     lk.unlock();
     fuse_session_process_buf(pool.se, &buf);
     lk.lock();
     w->idle = true;
     w->idle_since = Clock::now();
     ++pool.idle;
+    if (pool.main_asleep && reapable() > 0) {
+      pool.main_asleep = false;
+      wake_main();
+    }
   }
   if (w->idle) --pool.idle;
   if (w->told) --pool.told;
   pool.workers.remove_if([w](const Worker& x) { return &x == w; });
-  pool.changed.notify_all();
+  wake_main();
   lk.unlock();
   std::free(buf.mem);
 }
 
 // Tells workers idle for kThreadLinger to exit while more than
-// --idle-threads would stay idle; pool.m held.
+// --idle-threads would stay idle, and signals again the ones told before
+// (a signal that came just before their read was missed); pool.m held.
 void reap_idle(Clock::time_point now) {
-  const int keep = opts.idle_threads > 0 ? opts.idle_threads : opts.threads;
+  for (Worker& w : pool.workers)
+    if (w.told) pthread_kill(w.thread, kWakeSignal);
   for (Worker& w : pool.workers) {
-    if (w.told) {
-      pthread_kill(w.thread, kWakeSignal);  // it may have missed the first
-      continue;
-    }
-    if (pool.idle - pool.told <= keep) break;
-    if (w.idle && now - w.idle_since >= kThreadLinger) {
+    if (reapable() <= 0) break;
+    if (!w.told && w.idle && now - w.idle_since >= kThreadLinger) {
       w.told = true;
       ++pool.told;
       pthread_kill(w.thread, kWakeSignal);
@@ -1161,19 +1218,49 @@ void reap_idle(Clock::time_point now) {
   }
 }
 
-// Serves requests until the session ends (unmount, or a signal handled by
-// libfuse's handlers); 0, or the read error that ended it.
+// Serves requests until the session ends (unmount, or a stop signal
+// handled by libfuse's handlers while the main thread waits here); 0, or
+// the read error that ended it (-EAGAIN: no worker could be started). The
+// main thread sleeps with no timeout while nothing can be reaped: an idle
+// exporter is woken by nothing (before this loop, libfuse's was not
+// either).
 int request_loop(fuse_session* se) {
   struct sigaction sa {};
   sa.sa_handler = [](int) {};
   sigemptyset(&sa.sa_mask);
   sigaction(kWakeSignal, &sa, nullptr);
   pool.se = se;
+  pool.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (pool.wake_fd < 0) {
+    say(std::string("eventfd: ") + std::strerror(errno));
+    return -errno;
+  }
+  // The stop signals are taken only inside ppoll below (a signal that
+  // comes meanwhile waits for it), so that their handler's end of the
+  // session is always seen.
+  const sigset_t stops = stop_signals();
+  sigset_t waiting;
+  pthread_sigmask(SIG_BLOCK, &stops, &waiting);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) sigdelset(&waiting, sig);
   std::unique_lock lk(pool.m);
   start_worker();
+  if (pool.workers.empty()) {
+    say("no FUSE thread could be started");
+    return -EAGAIN;
+  }
   while (!fuse_session_exited(se) && !pool.workers.empty()) {
-    pool.changed.wait_for(lk, kReapTick);
     reap_idle(Clock::now());
+    const bool tick = reapable() > 0 || pool.told > 0;
+    pool.main_asleep = !tick;
+    lk.unlock();
+    pollfd p{pool.wake_fd, POLLIN, 0};
+    const timespec ts{0, std::chrono::duration_cast<std::chrono::nanoseconds>(kReapTick).count()};
+    if (::ppoll(&p, 1, tick ? &ts : nullptr, &waiting) > 0) {
+      std::uint64_t n;
+      [[maybe_unused]] const ssize_t r = ::read(pool.wake_fd, &n, sizeof n);
+    }
+    lk.lock();
+    pool.main_asleep = false;
   }
   fuse_session_exit(se);
   for (;;) {
@@ -1185,7 +1272,13 @@ int request_loop(fuse_session* se) {
       pthread_kill(w.thread, kWakeSignal);
     }
     if (pool.workers.empty()) break;
-    pool.changed.wait_for(lk, kReapTick);
+    lk.unlock();
+    pollfd p{pool.wake_fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(kReapTick.count())) > 0) {
+      std::uint64_t n;
+      [[maybe_unused]] const ssize_t r = ::read(pool.wake_fd, &n, sizeof n);
+    }
+    lk.lock();
   }
   fuse_session_reset(se);
   return pool.error;

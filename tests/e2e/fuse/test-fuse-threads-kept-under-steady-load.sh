@@ -6,7 +6,7 @@
 # second (issue 13: the shared gateway's reads at 0.8x of its own
 # gateway's). A thread now exits only after a second without a request, so
 # the load is served by the threads it made; once it is over the idle ones
-# still go.
+# still go, and then nothing wakes the exporter.
 source "$RBDGW_SOURCE_DIR/tests/lib/functions.sh"
 source "$RBDGW_SOURCE_DIR/tests/e2e/fuse/fuse-functions.sh"
 requires which fio
@@ -41,5 +41,15 @@ for _ in $(seq 50); do [ "$(ls "/proc/$exporter/task" | wc -l)" -le $((rest + 2)
 after=$(ls "/proc/$exporter/task" | wc -l)
 [ "$after" -le $((rest + 2)) ] || fail "$after threads 5 s after the load (at rest $rest, --idle-threads 2)"
 pass "$after threads 5 s after the load"
+
+# Idle, the main thread (which ends idle workers) sleeps: no timer wakes it
+# (100 idle volumes would otherwise wake 100 exporters 4 times a second).
+cs() { awk '/^voluntary_ctxt_switches/ {print $2}' "/proc/$exporter/task/$exporter/status"; }
+sleep 1.5
+c0=$(cs)
+sleep 3
+c1=$(cs)
+[ $((c1 - c0)) -le 1 ] || fail "the idle exporter's main thread woke $((c1 - c0)) times in 3 s"
+pass "the idle exporter's main thread woke $((c1 - c0)) times in 3 s"
 attach_loop
 assert_torn_down
