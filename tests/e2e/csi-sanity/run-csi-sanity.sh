@@ -128,8 +128,13 @@ cleanup_fn 'stop_daemon; leftovers'
   --kms-config="$TEST_TMP/kms.json" --node-id=sanity-node --attach=userspace \
   --state-dir="$state" --allowed-root="$root" >>"$log" 2>&1 &
 daemon=$!
-for _ in $(seq 1 300); do [ -S "$sock" ] && break; sleep 0.1; done
-[ -S "$sock" ] || { cat "$log" >&2; fail "rbdgw-csi did not open $sock"; }
+# Until the socket takes a connection, not only exists (it exists from
+# bind(), a moment before listen()). Once in CI (2026-12-03) csi-sanity's
+# first connect waited out its 1-minute timeout: a dial into that moment
+# is the suspect, not confirmed.
+accepts() { /usr/bin/python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' "$sock" 2>/dev/null; }
+for _ in $(seq 1 300); do accepts && break; sleep 0.1; done
+accepts || { cat "$log" >&2; fail "rbdgw-csi does not answer on $sock"; }
 
 # ----------------------------------------------------------------- sanity
 # Skipped, and said so in the output: ControllerPublishVolume to a node ID
@@ -152,8 +157,9 @@ timeout 1300 "$CSI_SANITY" --ginkgo.no-color --ginkgo.v=false \
   --ginkgo.skip="$SKIP" \
   >"$out" 2>&1 || rc=$?
 
-# The failures in full, then the summary lines.
-sed -n '/^Summarizing [0-9]* Failure/,$p' "$out"
+# The failures in full (on a failure, all of csi-sanity's output: where a
+# spec failed is printed above its summary), then the summary lines.
+if [ "$rc" != 0 ] || grep -q '\[FAIL' "$out"; then cat "$out"; else sed -n '/^Summarizing [0-9]* Failure/,$p' "$out"; fi
 ran=$(grep -E '^Ran [0-9]+ of [0-9]+ Specs' "$out" | tail -n 1 || true)
 tally=$(grep -E '[0-9]+ Passed \| [0-9]+ Failed' "$out" | tail -n 1 || true)
 echo "$TEST_NAME: csi-sanity exit status $rc"
