@@ -188,22 +188,34 @@ Options& opts = *new Options;
 
 void say(const std::string& msg) { std::fprintf(stderr, "rbdgw-fuse: %s\n", msg.c_str()); }
 
-// SIGTERM, SIGINT, SIGHUP, SIGQUIT: handled (libfuse's handlers end the
-// session) only by the main thread, while it waits in request_loop.
+// SIGTERM, SIGINT, SIGHUP: handled (libfuse's handlers end the session)
+// only by the main thread, while it waits in request_loop. (SIGQUIT keeps
+// its default action, as with libfuse's own loop: libfuse handles only
+// these three.)
 sigset_t stop_signals() {
   sigset_t s;
   sigemptyset(&s);
-  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) sigaddset(&s, sig);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&s, sig);
   return s;
 }
 
-// Called first by every thread but the main one (the main thread's
-// threads made before the loop start with them unblocked; the workers'
-// inherit them blocked).
-void block_stop_signals() {
-  const sigset_t s = stop_signals();
-  pthread_sigmask(SIG_BLOCK, &s, nullptr);
-}
+// While it lives, the calling thread has the stop signals blocked, so a
+// thread made meanwhile starts with them blocked (no moment in which it
+// could take one: its handler's end of the session would go unseen by the
+// main thread asleep in request_loop).
+class StopSignalsBlocked {
+ public:
+  StopSignalsBlocked() {
+    const sigset_t s = stop_signals();
+    pthread_sigmask(SIG_BLOCK, &s, &old_);
+  }
+  ~StopSignalsBlocked() { pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+  StopSignalsBlocked(const StopSignalsBlocked&) = delete;
+  StopSignalsBlocked& operator=(const StopSignalsBlocked&) = delete;
+
+ private:
+  sigset_t old_;
+};
 
 
 // Export properties, refreshed on every (re)connect.
@@ -397,7 +409,10 @@ class Conn {
  public:
   explicit Conn(nbd_handle* h) : h_(h), size_(nbd_get_size(h)), fd_(nbd_aio_get_fd(h)) {
     efd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    io_ = std::thread([this] { run(); });
+    {
+      const StopSignalsBlocked quiet;
+      io_ = std::thread([this] { run(); });
+    }
     std::lock_guard lk(conns_m);
     conns.push_back(this);
   }
@@ -485,7 +500,6 @@ class Conn {
   }
 
   void run() {
-    block_stop_signals();
     auto last_busy = Clock::now();
     const auto idle = std::chrono::seconds(opts.idle_disconnect);
     auto ms_until = [](Clock::duration d) {
@@ -881,7 +895,6 @@ void refresh_loop() {
 // that never grows pays no thread for it), SIGUSR2 declares the gateway
 // gone.
 void signal_loop(sigset_t set) {
-  block_stop_signals();  // refresh_loop inherits it
   bool refresher = false;
   for (;;) {
     int sig = 0;
@@ -1075,7 +1088,7 @@ void parse_args(int argc, char** argv) {
 // no-op handler, no SA_RESTART: the read ends with EINTR). The signal is
 // blocked outside the read, so it never interrupts a request being
 // served; one that arrives just before the read is sent again at the next
-// tick. SIGTERM, SIGINT, SIGHUP and SIGQUIT are taken only by the main
+// tick. SIGTERM, SIGINT and SIGHUP are taken only by the main
 // thread while it waits (libfuse's handlers end the session; the exit
 // status is then 0, libfuse's loop gave 1); on exit every worker is told
 // to go and the loop waits for the ones serving a request, as libfuse's
@@ -1232,8 +1245,9 @@ int request_loop(fuse_session* se) {
   pool.se = se;
   pool.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (pool.wake_fd < 0) {
-    say(std::string("eventfd: ") + std::strerror(errno));
-    return -errno;
+    const int e = errno;
+    say(std::string("eventfd: ") + std::strerror(e));
+    return -e;
   }
   // The stop signals are taken only inside ppoll below (a signal that
   // comes meanwhile waits for it), so that their handler's end of the
@@ -1241,7 +1255,7 @@ int request_loop(fuse_session* se) {
   const sigset_t stops = stop_signals();
   sigset_t waiting;
   pthread_sigmask(SIG_BLOCK, &stops, &waiting);
-  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGQUIT}) sigdelset(&waiting, sig);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigdelset(&waiting, sig);
   std::unique_lock lk(pool.m);
   start_worker();
   if (pool.workers.empty()) {
@@ -1317,7 +1331,10 @@ int main(int argc, char** argv) {
   std::vector<Slot> connections(static_cast<std::size_t>(opts.connections));
   connections[0].conn = std::make_shared<Conn>(first);
   slots = &connections;
-  std::thread(signal_loop, sigs).detach();
+  {
+    const StopSignalsBlocked quiet;  // refresh_loop inherits it
+    std::thread(signal_loop, sigs).detach();
+  }
 
   fuse_operations ops{};
   ops.init = fs_init;

@@ -51,5 +51,18 @@ sleep 3
 c1=$(cs)
 [ $((c1 - c0)) -le 1 ] || fail "the idle exporter's main thread woke $((c1 - c0)) times in 3 s"
 pass "the idle exporter's main thread woke $((c1 - c0)) times in 3 s"
+# SIGTERM, SIGINT and SIGHUP (libfuse's handlers end the session) are
+# blocked in every thread but the main one, which takes them while it
+# waits: one taken by another thread would set the exit flag unseen.
+stops=$(( (1 << 14) | (1 << 1) | 1 ))
+for t in /proc/"$exporter"/task/*; do
+  blk=$((16#$(awk '/^SigBlk/ {print $2}' "$t/status")))
+  if [ "${t##*/}" = "$exporter" ]; then
+    [ $((blk & stops)) = 0 ] || fail "the main thread blocks a stop signal (SigBlk $blk)"
+  else
+    [ $((blk & stops)) = $stops ] || fail "thread ${t##*/} ($(cat "$t/comm")) takes stop signals (SigBlk $blk)"
+  fi
+done
+pass "only the main thread takes SIGTERM/SIGINT/SIGHUP"
 attach_loop
 assert_torn_down
