@@ -1125,6 +1125,17 @@ void wake_main() {
   [[maybe_unused]] const ssize_t n = ::write(pool.wake_fd, &one, sizeof one);
 }
 
+// Waits for wake_main (and takes its wake), kReapTick at most if `tick`;
+// `mask` (if set) is the signal mask while waiting (ppoll's).
+void wait_for_wake(bool tick, const sigset_t* mask) {
+  pollfd p{pool.wake_fd, POLLIN, 0};
+  const timespec ts{0, std::chrono::duration_cast<std::chrono::nanoseconds>(kReapTick).count()};
+  if (::ppoll(&p, 1, tick ? &ts : nullptr, mask) > 0) {
+    std::uint64_t n;
+    [[maybe_unused]] const ssize_t r = ::read(pool.wake_fd, &n, sizeof n);
+  }
+}
+
 // Idle workers beyond --idle-threads (not counting those told to exit).
 int reapable() {
   const int keep = opts.idle_threads > 0 ? opts.idle_threads : opts.threads;
@@ -1267,12 +1278,7 @@ int request_loop(fuse_session* se) {
     const bool tick = reapable() > 0 || pool.told > 0;
     pool.main_asleep = !tick;
     lk.unlock();
-    pollfd p{pool.wake_fd, POLLIN, 0};
-    const timespec ts{0, std::chrono::duration_cast<std::chrono::nanoseconds>(kReapTick).count()};
-    if (::ppoll(&p, 1, tick ? &ts : nullptr, &waiting) > 0) {
-      std::uint64_t n;
-      [[maybe_unused]] const ssize_t r = ::read(pool.wake_fd, &n, sizeof n);
-    }
+    wait_for_wake(tick, &waiting);
     lk.lock();
     pool.main_asleep = false;
   }
@@ -1287,11 +1293,7 @@ int request_loop(fuse_session* se) {
     }
     if (pool.workers.empty()) break;
     lk.unlock();
-    pollfd p{pool.wake_fd, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(kReapTick.count())) > 0) {
-      std::uint64_t n;
-      [[maybe_unused]] const ssize_t r = ::read(pool.wake_fd, &n, sizeof n);
-    }
+    wait_for_wake(true, nullptr);
     lk.lock();
   }
   fuse_session_reset(se);

@@ -71,14 +71,21 @@ cmp -s "$TEST_TMP/r" <(head -c 4096 "$TEST_TMP/data") || fail "the read after th
 grep -q "requests to .* succeed again" "$exporter_log" || fail "the recovery was not logged"
 pass "a gateway slow to answer got the volume back at read $ok after the give-up"
 
+# behind_hung_proxy VAR: the exporter replaced by one with a 300 s timeout
+# behind a new proxy (path in VAR) whose connections were cut and whose
+# later ones stay silent; $before: the silent connections so far.
+behind_hung_proxy() {
+  fusermount3 -u "$disk" || fail "unmounting the exporter failed"
+  wait "$exporter" || true
+  start_proxy "$1" "$sock" until-flag
+  start_exporter "${!1}" --connections 2 --conn-depth 8 --threads 16 --reconnect-timeout 300
+  proxy_hang "${!1}"
+  before=$(wc -l <"$TEST_TMP/silent")
+}
+
 # One hung connection, the next answered at once: the requests get through
 # long before the 300 s reconnect timeout.
-fusermount3 -u "$disk" || fail "unmounting the exporter failed"
-wait "$exporter" || true
-start_proxy proxy3 "$sock" until-flag
-start_exporter "$proxy3" --connections 2 --conn-depth 8 --threads 16 --reconnect-timeout 300
-proxy_hang "$proxy3"
-before=$(wc -l <"$TEST_TMP/silent")
+behind_hung_proxy proxy3
 start=$(now)
 pids=()
 for i in 0 1 2 3; do
@@ -95,12 +102,7 @@ done
 pass "one hung connection: 4 reads got through a new one after $(secs "$(elapsed "$start")") s (timeout 300 s)"
 
 # SIGUSR2 during a hung handshake: another exporter with a 300 s timeout.
-fusermount3 -u "$disk" || fail "unmounting the first exporter failed"
-wait "$exporter" || true
-start_proxy proxy2 "$sock" until-flag
-start_exporter "$proxy2" --connections 2 --conn-depth 8 --threads 16 --reconnect-timeout 300
-proxy_hang "$proxy2"
-before=$(wc -l <"$TEST_TMP/silent")
+behind_hung_proxy proxy2
 timeout -s KILL 120 dd if="$disk" bs=4k count=1 iflag=direct status=none of=/dev/null 2>"$TEST_TMP/dd.err" &
 reader=$!
 for _ in $(seq 100); do [ "$(wc -l <"$TEST_TMP/silent")" -gt "$before" ] && break; sleep 0.1; done
