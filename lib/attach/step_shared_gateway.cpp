@@ -61,9 +61,15 @@ namespace {
 
 constexpr int kKeyFd = 3;
 // nbdkit worker threads per connection of the shared gateway (nbdkit's
-// default is 16): every exporter connection of every volume costs that
-// many. $RBDGW_SHARED_GATEWAY_THREADS overrides it (1..64; benchmarks).
-constexpr int kSharedThreads = 8;
+// default is 16): nbdkit starts them with every connection, so each open
+// connection of each volume costs that many plus its connection thread.
+// With 2, a volume in use (one connection open) costs the gateway 3
+// threads, not 9 as with 8 (issue 13: 8 threads per volume; test
+// e2e.cli.shared-gateway-volume-in-use-costs-at-most-8-threads); a busy
+// one takes up to 16 such connections (step_userspace.cpp), 32 requests
+// in flight as before. $RBDGW_SHARED_GATEWAY_THREADS overrides it (1..64;
+// benchmarks). docs/benchmarks.md, ninth round.
+constexpr int kSharedThreads = 2;
 
 // An idle exporter connection costs the gateway nbdkit's connection
 // thread and its --threads workers: a volume's exporter closes it after

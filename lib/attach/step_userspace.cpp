@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -29,22 +30,29 @@ void fuse_exporter_run(Context& c) {
   // A shared gateway serves the volume as the export named by its id.
   // nbdkit starts its --threads workers per connection, so each connection
   // of each volume costs the node's one gateway that many threads: a
-  // volume takes a second (third, fourth) connection only while the ones
-  // it has are full (--conn-depth: the gateway's workers per connection),
-  // and closes them once idle. One connection capped a busy volume at 8
-  // requests in flight, a quarter of its own gateway's 2 x 16 (issue 13:
-  // the I/O of one volume unchanged); 4 x 8 serve 32.
-  // FUSE threads beyond 2 exit after 1 s without a request (made again on
-  // demand, up to --threads): an idle exporter that once had 32 requests
-  // in flight kept them all. bench/attach/levers.sh, 2 rounds, eighth
+  // volume takes a further connection only while the ones it has are full
+  // (--conn-depth: the gateway's workers per connection), and closes them
+  // once idle. One connection capped a busy volume at the gateway's
+  // workers per connection (issue 13: the I/O of one volume unchanged);
+  // 32 / depth connections serve 32 in flight, as its own gateway's 2 x 16
+  // (16 x 2 as shipped; docs/benchmarks.md, ninth round).
+  // FUSE threads beyond --idle-threads exit after 1 s without a request
+  // (made again on demand, up to --threads); before, an idle exporter that
+  // once had 32 requests in flight kept them all. bench/attach/levers.sh, 2 rounds, eighth
   // round in docs/benchmarks.md: a volume's own gateway with 2 kept vs all
   // the same speed within the noise; on the shared gateway the 1 s (not
   // libfuse's exit the moment a thread is idle) lifted 4K randread on the
   // loop device 6403 -> 7228 IOPS, to 0.96x of the own gateway's.
-  argv.insert(argv.begin() + 1, {"--idle-threads", "2"});
   if (!s.shared_dir.empty()) {
-    argv.insert(argv.begin() + 1, {"--export", s.volume_id, "--connections", "4", "--conn-depth",
-                                   std::to_string(shared_threads()), "--threads", "32"});
+    // One FUSE thread kept idle, not 2: with hundreds of volumes on a node
+    // each kept thread is one per volume; a second request at once makes
+    // its thread on demand, and a steady load keeps them (they end only
+    // after 1 s without a request).
+    const int depth = shared_threads();
+    argv.insert(argv.begin() + 1,
+                {"--idle-threads", "1", "--export", s.volume_id, "--connections",
+                 std::to_string(std::clamp(32 / depth, 1, 64)), "--conn-depth",
+                 std::to_string(depth), "--threads", "32"});
     // Encrypted volumes too: the luks2 filter keeps the unlocked volume
     // while its secret store entry exists, so a reconnect runs no PBKDF.
     if (const int idle = shared_idle_disconnect(); idle > 0)
@@ -57,7 +65,7 @@ void fuse_exporter_run(Context& c) {
     // IOPS (0.18 -> 0.16 core-s per 1000), 4K randread 5484 -> 5869, 1M
     // rows within the noise; the exporter's threads after a 4K random read
     // 20 -> 36.
-    argv.insert(argv.begin() + 1, {"--threads", "32"});
+    argv.insert(argv.begin() + 1, {"--idle-threads", "2", "--threads", "32"});
   }
   s.fuse = spawn_detached(argv, s.run_dir + "/fuse.log", {}, fuse_pid_file(s));
   c.save();
