@@ -1358,6 +1358,14 @@ int main(int argc, char** argv) {
     return 1;
   }
   int rc = 1;
+  // From the mount on, a stop signal waits for request_loop's ppoll, where
+  // libfuse's handlers (set just after the mount) end the session and the
+  // file is unmounted. Unblocked, one that came between fuse_mount and
+  // fuse_set_signal_handlers killed the exporter by its default action and
+  // left a dead mount behind (test: e2e.fuse.stop-signal-right-after-mount-
+  // unmounts). Before the mount its default action is right: nothing to undo.
+  const sigset_t stops = stop_signals();
+  pthread_sigmask(SIG_BLOCK, &stops, nullptr);
   if (fuse_mount(f, opts.file.c_str()) == 0) {
     if (fuse_set_signal_handlers(fuse_get_session(f)) == 0) {
       say("serving " + opts.socket + " at " + opts.file + " (" + std::to_string(export_size.load()) +
