@@ -25,12 +25,16 @@
 # one per kind, lib/attach/step_shared_gateway.cpp); with --encrypted too.
 # Volumes there close their idle connections: a last sample is taken
 # once they have (RBDGW_IDLE_DISCONNECT + 3 s after the I/O).
+# --busy K: then K volumes at once at queue depth 32 (fio 4K random reads on
+# their loop devices, 8 s), with the peak threads and RSS of the gateways
+# and the exporters (sampled every 0.5 s) and the IOPS of the K together:
+# what a node pays while many volumes are busy, not only per volume.
 # Leaves nothing behind (unmaps, stops the cluster, removes its directory).
 # Uses the build in $RBDGW_BUILD_DIR (default: build/ in the source tree).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
-n=20 encrypted= shared= mapargs=()
+n=20 encrypted= shared= mapargs=() busy=0
 while [ $# -gt 0 ]; do
   case $1 in
     -n) n=$2; shift 2 ;;
@@ -38,7 +42,8 @@ while [ $# -gt 0 ]; do
     --encrypted) encrypted=1; shift ;;
     --shared) shared=1; shift ;;
     --map-shared) mapargs=(--shared-gateway); shift ;;
-    *) echo "usage: many-volumes.sh [-n N | --100] [--encrypted] [--shared | --map-shared]" >&2; exit 2 ;;
+    --busy) busy=$2; shift 2 ;;
+    *) echo "usage: many-volumes.sh [-n N | --100] [--encrypted] [--shared | --map-shared] [--busy K]" >&2; exit 2 ;;
   esac
 done
 build=$(cd "${RBDGW_BUILD_DIR:-$src/build}" && pwd)
@@ -197,6 +202,28 @@ if [ ${#mapargs[@]} -gt 0 ] && [ "${RBDGW_IDLE_DISCONNECT:-10}" != 0 ]; then
   sleep $(( ${RBDGW_IDLE_DISCONNECT:-10} + 3 ))
   read -r -d '' idle_after < <(sample) || true
 fi
+# --busy K: K volumes at queue depth 32 at once; peaks sampled meanwhile.
+peak= busy_iops=
+if [ "$busy" -gt 0 ]; then
+  k=0 fios=()
+  for dev in $(devices); do
+    [ "$k" -lt "$busy" ] || break
+    fio --name=busy --filename="$dev" --ioengine=libaio --direct=1 --rw=randread --bs=4k \
+      --iodepth=32 --runtime=8 --time_based --output-format=json --output="$dir/busy.$k.json" &
+    fios+=($!) k=$((k + 1))
+  done
+  peak="0 0 0 0
+0 0 0 0"
+  while kill -0 "${fios[@]}" 2>/dev/null; do
+    sleep 0.5
+    read -r -d '' now < <(sample) || true
+    # Field by field, the larger of the peak so far and this sample.
+    peak=$(paste -d' ' <(echo "$peak") <(echo "$now") |
+      awk '{ n = NF / 2; l = ""; for (i = 1; i <= n; i++) { v = ($i > $(i + n)) ? $i : $(i + n); l = l (i > 1 ? " " : "") v }; print l }')
+  done
+  wait "${fios[@]}" || true
+  busy_iops=$(cat "$dir"/busy.*.json | jq -s '[.[].jobs[0].read.iops] | add | floor')
+fi
 t2=$(date +%s.%N)
 for i in $(seq 1 "$n"); do unmap_one "$i"; done
 t3=$(date +%s.%N)
@@ -217,6 +244,10 @@ report "after map ($half)" "$at_half" "$half"
 report "after map ($n)" "$at_n" "$n"
 report "after I/O ($n)" "$after_io" "$n"
 [ -z "$idle_after" ] || report "idle after I/O ($n)" "$idle_after" "$n"
+if [ -n "$peak" ]; then
+  report "peak, $busy busy" "$peak" "$busy"
+  echo "$busy volumes at queue depth 32 at once (4K random read, 8 s): $busy_iops IOPS together"
+fi
 # Per additional volume: the last n-half volumes' share.
 { read -r a1 a2 a3 ap; read -r a4 a5 a6 aq; } <<<"$at_half"
 { read -r b1 b2 b3 bp; read -r b4 b5 b6 bq; } <<<"$at_n"
