@@ -16,7 +16,11 @@
 # shared gateway, whose export is then the volume's named export; space-
 # separated; $RBDGW_SHARED_GATEWAY_THREADS passes through, or per config
 # BENCH_SHARED_THREADS=N: the shared gateway stops with its last volume, so
-# each config's map starts its own). BENCH_FUSE_BIN=PATH runs
+# each config's map starts its own). BENCH_ENCRYPTED=1 maps an encrypted
+# volume instead (rbd/bench-enc, LUKS2-formatted by its first map and
+# filled through its device once; passphrase from a file, PBKDF2 1000
+# iterations; with --shared-gateway on the decrypting shared gateway).
+# BENCH_FUSE_BIN=PATH runs
 # another rbdgw-fuse binary, BENCH_PLUGIN_BIN=PATH another nbdkit-rbd-plugin.so
 # (A/Bs of old and new code). Leaves nothing
 # behind.
@@ -37,12 +41,13 @@ done
 build=$(cd "${RBDGW_BUILD_DIR:-$src/build}" && pwd)
 rbdgw=$build/csi-shim/cli/rbdgw fuse=$build/csi-shim/fuse/rbdgw-fuse
 export RBDGW_PLUGIN=$build/nbdkit-plugin/rbd/nbdkit-rbd-plugin.so
+export RBDGW_FILTER=$build/nbdkit-plugin/luks2/nbdkit-luks2-filter.so
 dir=$(mktemp -d /var/tmp/rbdgw-bench-levers.XXXXXX)
 run_root=$dir/run cluster=$dir/cluster
-mapped=
+mapped= img=rbd/bench
 cleanup() {
   set +e
-  [ -n "$mapped" ] && "$rbdgw" --run-root "$run_root" unmap rbd/bench >/dev/null 2>&1
+  [ -n "$mapped" ] && "$rbdgw" --run-root "$run_root" unmap "$img" >/dev/null 2>&1
   "$src/tests/cluster/ceph-cluster.sh" stop "$cluster" >/dev/null 2>&1
   if grep -q " $dir/" /proc/self/mountinfo || losetup -a | grep -q "$dir/"; then
     echo "levers: something under $dir is still mounted; left in place" >&2
@@ -56,13 +61,18 @@ log() { echo "levers: $*" >&2; }
 eval "$("$src/tests/cluster/ceph-cluster.sh" start "$cluster" --bluestore)"
 export CEPH_CONF
 rbd create --size 2G rbd/bench
+rbd create --size 2G rbd/bench-enc
+printf 'bench-passphrase' >"$dir/pass"
+chmod 600 "$dir/pass"
+enc_filled=
 fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench \
   --rw=write --bs=4M --iodepth=16 --direct=1 --output=/dev/null
 source "$src/bench/lib/cpu.sh"  # clk, cpu_ticks
 real_losetup=$(command -v losetup) real_nbdkit=$(command -v nbdkit)
 # map_with CONFIG-BODY: rbdgw map with that config's wrappers.
 map_with() {
-  local body=$1 kv dio= fa= na= pa= ma= fb=$fuse pb=$RBDGW_PLUGIN
+  local body=$1 kv dio= fa= na= pa= ma= fb=$fuse pb=$RBDGW_PLUGIN enc=()
+  img=rbd/bench
   local sthreads=${RBDGW_SHARED_GATEWAY_THREADS-}
   IFS=',' read -ra kvs <<<"$body"
   for kv in "${kvs[@]}"; do
@@ -75,6 +85,7 @@ map_with() {
       BENCH_FUSE_BIN=*) fb=${kv#*=} ;;
       BENCH_PLUGIN_BIN=*) pb=${kv#*=} ;;
       BENCH_SHARED_THREADS=*) sthreads=${kv#*=} ;;
+      BENCH_ENCRYPTED=1) img=rbd/bench-enc enc=(--encrypted --passphrase-file "$dir/pass" --pbkdf pbkdf2:1000) ;;
       "") ;;
       *) echo "levers.sh: unknown lever '$kv'" >&2; exit 2 ;;
     esac
@@ -91,16 +102,21 @@ map_with() {
   chmod +x "$bin"/*
   dev=$(PATH=$bin:$PATH NBDKIT=$bin/nbdkit RBDGW_FUSE_EXPORTER=$bin/fuse \
         env ${sthreads:+RBDGW_SHARED_GATEWAY_THREADS=$sthreads} \
-        "$rbdgw" --run-root "$run_root" map rbd/bench --attach userspace $ma 2>"$dir/map.log") ||
+        "$rbdgw" --run-root "$run_root" map "$img" --attach userspace "${enc[@]}" $ma 2>"$dir/map.log") ||
     { cat "$dir/map.log" >&2; exit 1; }
   mapped=1
+  if [ ${#enc[@]} -gt 0 ] && [ -z "$enc_filled" ]; then
+    fio --name=fill --filename="$dev" --ioengine=libaio --rw=write --bs=4M --iodepth=16 --direct=1 \
+      --output=/dev/null
+    enc_filled=1
+  fi
 }
 rows=("w1m|write|1M|16" "r1m|read|1M|16" "r4k|randread|4k|32" "w4k|randwrite|4k|32")
 for ((round = 1; round <= rounds; round++)); do
   for cfg in "$@"; do
     name=${cfg%%:*} body=${cfg#*:}
     map_with "$body"
-    st=$run_root/rbd.bench/stash.json
+    st=$run_root/${img/\//.}/stash.json
     gw=$(jq -r .gateway.pid "$st") fu=$(jq -r .fuse.pid "$st") sock=$(jq -r .socket "$st")
     # On a shared gateway the volume is the export named by its id.
     exp=$(jq -r 'if .shared_dir then .volume_id else "" end' "$st")
@@ -127,7 +143,7 @@ PY
         fi
       done
     done
-    "$rbdgw" --run-root "$run_root" unmap rbd/bench >/dev/null
+    "$rbdgw" --run-root "$run_root" unmap "$img" >/dev/null
     mapped=
   done
 done
