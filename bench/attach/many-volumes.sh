@@ -245,7 +245,8 @@ report "after map ($n)" "$at_n" "$n"
 report "after I/O ($n)" "$after_io" "$n"
 [ -z "$idle_after" ] || report "idle after I/O ($n)" "$idle_after" "$n"
 if [ -n "$peak" ]; then
-  report "peak, $busy busy" "$peak" "$busy"
+  # Per volume over all n mapped (the idle ones' exporters are in the sums).
+  report "peak, $busy of $n busy" "$peak" "$n"
   echo "$busy volumes at queue depth 32 at once (4K random read, 8 s): $busy_iops IOPS together"
 fi
 # Per additional volume: the last n-half volumes' share.

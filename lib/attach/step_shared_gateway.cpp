@@ -42,6 +42,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -96,6 +97,8 @@ std::string hex16_sha256(const std::string& data) {
 std::string field(const std::string& s) { return cat(s.size(), ":", s, ";"); }
 
 std::string pid_file_of(const std::string& dir) { return dir + "/gateway.pid"; }
+// The gateway's worker threads per connection (shared_workers).
+std::string workers_file_of(const std::string& dir) { return dir + "/workers"; }
 std::string nbdkit_pid_file_of(const std::string& dir) { return dir + "/nbdkit.pid"; }
 std::string exports_of(const std::string& dir) { return dir + "/exports"; }
 // The rbd plugin's exports-dir mode creates it once connected and serving.
@@ -244,9 +247,22 @@ ProcessRef start_shared(const Stash& s, const Tools& tools, const SecretBuffer* 
     key_fd = secret_pipe(*cephx_key);
     pass.push_back({key_fd, kKeyFd});
   }
+  // A restart keeps the count the volumes' exporters were started for.
+  const int workers = shared_workers(dir);
+  {
+    const std::string tmp = workers_file_of(dir) + ".tmp";
+    std::ofstream f(tmp, std::ios::trunc);
+    f << workers << "\n";
+    f.flush();
+    if (!f || ::rename(tmp.c_str(), workers_file_of(dir).c_str()) < 0) {
+      if (key_fd >= 0) ::close(key_fd);
+      throw Error(EIO, cat("shared gateway ", dir, ": cannot record its worker count in ",
+                           workers_file_of(dir)));
+    }
+  }
   ProcessRef g;
   try {
-    g = spawn_detached(shared_argv(tools, s, cephx_key != nullptr, shared_threads()), s.gateway_log,
+    g = spawn_detached(shared_argv(tools, s, cephx_key != nullptr, workers), s.gateway_log,
                        pass, pid_file_of(dir));
   } catch (...) {
     if (key_fd >= 0) ::close(key_fd);
@@ -292,6 +308,31 @@ int shared_threads() {
   if (n < 1 || n > 64)
     throw Error(EINVAL, cat("RBDGW_SHARED_GATEWAY_THREADS='", e, "': expected 1..64"));
   return n;
+}
+
+int shared_workers(const std::string& dir) {
+  auto valid = [](long n) { return n >= 1 && n <= 64; };
+  {
+    std::ifstream f(workers_file_of(dir));
+    long n = 0;
+    if (f >> n && valid(n)) return static_cast<int>(n);
+  }
+  // A gateway started before the count was recorded: its --threads.
+  std::ifstream pf(pid_file_of(dir));
+  long pid = 0;
+  if (pf >> pid && pid > 0) {
+    std::ifstream cf(cat("/proc/", pid, "/cmdline"), std::ios::binary);
+    std::vector<std::string> args;
+    for (std::string a; std::getline(cf, a, '\0');) args.push_back(a);
+    const std::string mine = "exports-dir=" + exports_of(dir);
+    if (std::find(args.begin(), args.end(), mine) != args.end())
+      for (std::size_t i = 0; i + 1 < args.size(); ++i)
+        if (args[i] == "--threads" || args[i] == "-t") {
+          const long n = std::strtol(args[i + 1].c_str(), nullptr, 10);
+          if (valid(n)) return static_cast<int>(n);
+        }
+  }
+  return shared_threads();
 }
 
 int shared_idle_disconnect() {

@@ -48,10 +48,11 @@ void fuse_exporter_run(Context& c) {
     // each kept thread is one per volume; a second request at once makes
     // its thread on demand, and a steady load keeps them (they end only
     // after 1 s without a request).
-    const int depth = shared_threads();
+    // The depth of the gateway it joins (recorded when that one started).
+    const int depth = shared_workers(s.shared_dir);
     argv.insert(argv.begin() + 1,
                 {"--idle-threads", "1", "--export", s.volume_id, "--connections",
-                 std::to_string(std::clamp(32 / depth, 1, 64)), "--conn-depth",
+                 std::to_string(std::clamp((32 + depth - 1) / depth, 1, 64)), "--conn-depth",
                  std::to_string(depth), "--threads", "32"});
     // Encrypted volumes too: the luks2 filter keeps the unlocked volume
     // while its secret store entry exists, so a reconnect runs no PBKDF.

@@ -146,8 +146,15 @@ void mount_undo(Context& c);
 // The shared gateway's dir for s's cluster identity, node and kind.
 std::string shared_gateway_dir(const std::string& run_root, const Stash& s, const SecretBuffer& key);
 // nbdkit worker threads per connection of a shared gateway (--threads);
-// $RBDGW_SHARED_GATEWAY_THREADS overrides the default.
+// $RBDGW_SHARED_GATEWAY_THREADS overrides the default. Read when a shared
+// gateway starts with no gateway before it in its dir.
 int shared_threads();
+// The worker threads per connection of the shared gateway of `dir`: the
+// count recorded when its gateway started (kept across its restarts, so
+// that the exporters already running keep their depth), else that of its
+// running gateway's command line, else shared_threads(). A volume's
+// exporter takes its --conn-depth from it.
+int shared_workers(const std::string& dir);
 // Seconds after which a shared gateway's plain volume's exporter closes
 // its idle connection (rbdgw-fuse --idle-disconnect), 0: never;
 // $RBDGW_IDLE_DISCONNECT overrides the default.

@@ -58,8 +58,11 @@ sock=$(echo "$RUN_ROOT"/@shared-*/nbd.sock)
 # The gateway's workers per connection, from its command line.
 depth=$(tr '\0' '\n' <"/proc/$gw/cmdline" | grep -A1 -x -- --threads | tail -1)
 [ "$depth" -ge 1 ] 2>/dev/null || fail "no --threads N on the shared gateway's command line"
-max_conns=$((32 / depth))
-[ "$max_conns" -ge 2 ] || fail "the shared gateway runs $depth workers per connection: this test needs at most 16"
+max_conns=$(((32 + depth - 1) / depth))
+if [ "$max_conns" -lt 2 ]; then
+  echo "SKIP: the shared gateway runs $depth workers per connection (RBDGW_SHARED_GATEWAY_THREADS): one connection takes 32, nothing to spread"
+  exit 77
+fi
 
 # Queue depth 1: one connection carries it.
 from=$(log_lines)
