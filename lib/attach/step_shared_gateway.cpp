@@ -42,7 +42,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -241,12 +240,6 @@ ProcessRef start_shared(const Stash& s, const Tools& tools, const SecretBuffer* 
   ::unlink(s.socket.c_str());
   ::unlink(nbdkit_pid_file_of(dir).c_str());
   ::unlink(connected_marker_of(dir).c_str());
-  std::vector<PassFd> pass;
-  int key_fd = -1;
-  if (cephx_key) {
-    key_fd = secret_pipe(*cephx_key);
-    pass.push_back({key_fd, kKeyFd});
-  }
   // A restart keeps the count the volumes' exporters were started for.
   const int workers = shared_workers(dir);
   {
@@ -254,11 +247,15 @@ ProcessRef start_shared(const Stash& s, const Tools& tools, const SecretBuffer* 
     std::ofstream f(tmp, std::ios::trunc);
     f << workers << "\n";
     f.flush();
-    if (!f || ::rename(tmp.c_str(), workers_file_of(dir).c_str()) < 0) {
-      if (key_fd >= 0) ::close(key_fd);
+    if (!f || ::rename(tmp.c_str(), workers_file_of(dir).c_str()) < 0)
       throw Error(EIO, cat("shared gateway ", dir, ": cannot record its worker count in ",
                            workers_file_of(dir)));
-    }
+  }
+  std::vector<PassFd> pass;
+  int key_fd = -1;
+  if (cephx_key) {
+    key_fd = secret_pipe(*cephx_key);
+    pass.push_back({key_fd, kKeyFd});
   }
   ProcessRef g;
   try {
@@ -318,19 +315,13 @@ int shared_workers(const std::string& dir) {
     if (f >> n && valid(n)) return static_cast<int>(n);
   }
   // A gateway started before the count was recorded: its --threads.
-  std::ifstream pf(pid_file_of(dir));
-  long pid = 0;
-  if (pf >> pid && pid > 0) {
-    std::ifstream cf(cat("/proc/", pid, "/cmdline"), std::ios::binary);
-    std::vector<std::string> args;
-    for (std::string a; std::getline(cf, a, '\0');) args.push_back(a);
-    const std::string mine = "exports-dir=" + exports_of(dir);
-    if (std::find(args.begin(), args.end(), mine) != args.end())
-      for (std::size_t i = 0; i + 1 < args.size(); ++i)
-        if (args[i] == "--threads" || args[i] == "-t") {
-          const long n = std::strtol(args[i + 1].c_str(), nullptr, 10);
-          if (valid(n)) return static_cast<int>(n);
-        }
+  if (const ProcessRef g = stray_process(pid_file_of(dir), dir + "/"); g.pid > 0) {
+    std::ifstream cf(cat("/proc/", g.pid, "/cmdline"), std::ios::binary);
+    for (std::string a; std::getline(cf, a, '\0');)
+      if (a == "--threads" && std::getline(cf, a, '\0')) {
+        const long n = std::strtol(a.c_str(), nullptr, 10);
+        if (valid(n)) return static_cast<int>(n);
+      }
   }
   return shared_threads();
 }

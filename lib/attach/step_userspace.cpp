@@ -38,17 +38,18 @@ void fuse_exporter_run(Context& c) {
   // (16 x 2 as shipped; docs/benchmarks.md, ninth round).
   // FUSE threads beyond --idle-threads exit after 1 s without a request
   // (made again on demand, up to --threads); before, an idle exporter that
-  // once had 32 requests in flight kept them all. bench/attach/levers.sh, 2 rounds, eighth
-  // round in docs/benchmarks.md: a volume's own gateway with 2 kept vs all
-  // the same speed within the noise; on the shared gateway the 1 s (not
-  // libfuse's exit the moment a thread is idle) lifted 4K randread on the
-  // loop device 6403 -> 7228 IOPS, to 0.96x of the own gateway's.
+  // once had 32 requests in flight kept them all. bench/attach/levers.sh,
+  // 2 rounds, eighth round in docs/benchmarks.md: a volume's own gateway
+  // with 2 kept vs all the same speed within the noise; on the shared
+  // gateway the 1 s (not libfuse's exit the moment a thread is idle)
+  // lifted 4K randread on the loop device 6403 -> 7228 IOPS, to 0.96x of
+  // the own gateway's.
   if (!s.shared_dir.empty()) {
     // One FUSE thread kept idle, not 2: with hundreds of volumes on a node
     // each kept thread is one per volume; a second request at once makes
     // its thread on demand, and a steady load keeps them (they end only
-    // after 1 s without a request).
-    // The depth of the gateway it joins (recorded when that one started).
+    // after 1 s without a request). The depth is the gateway's it joins
+    // (recorded when that one started).
     const int depth = shared_workers(s.shared_dir);
     argv.insert(argv.begin() + 1,
                 {"--idle-threads", "1", "--export", s.volume_id, "--connections",

@@ -35,6 +35,7 @@
 
 #include "common/error.hpp"
 #include "common/log.hpp"
+#include "common/open_files_limit.hpp"
 
 namespace fs = std::filesystem;
 
@@ -1078,11 +1079,10 @@ void run(const Config& config, const Tools& tools) {
   // clients made accept() fail with EMFILE and good clients wait until the
   // negotiation timeouts free some. Raise the soft limit to the hard one (the
   // backends get the original back).
-  if (::getrlimit(RLIMIT_NOFILE, &g_nofile) == 0 && g_nofile.rlim_cur < g_nofile.rlim_max) {
-    rlimit raised = g_nofile;
-    raised.rlim_cur = raised.rlim_max;
-    if (::setrlimit(RLIMIT_NOFILE, &raised) != 0)
-      log::warn("cannot raise the open files limit to ", raised.rlim_max, ": ", std::strerror(errno));
+  try {
+    g_nofile = raise_open_files_limit();
+  } catch (const Error& e) {
+    log::warn(e.what());
   }
 
   for (const Export& e : config.exports)

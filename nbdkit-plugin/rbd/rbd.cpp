@@ -62,12 +62,12 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/error.hpp"
 #include "common/log.hpp"
+#include "common/open_files_limit.hpp"
 #include "crypto/secret.hpp"
 #include "rbd/exclusive_lock.hpp"
 #include "rbd/export_config.hpp"
@@ -309,26 +309,6 @@ int rbd_config(const char* key, const char* value) {
   });
 }
 
-// A node's shared gateway holds 3 descriptors per connection of every
-// volume (a busy volume has up to 16): at the usual soft limit of 1024,
-// about 20 busy volumes made accept() fail with EMFILE, which nbdkit 1.32
-// retries at once (a busy loop that logs a line each time) while new
-// connections hang. The soft limit goes up to the hard one, as `rbdgw
-// serve` does.
-void raise_open_files_limit() {
-  rlimit l{};
-  if (::getrlimit(RLIMIT_NOFILE, &l) != 0 || l.rlim_cur >= l.rlim_max) return;
-  const rlim_t was = l.rlim_cur;
-  l.rlim_cur = l.rlim_max;
-  if (::setrlimit(RLIMIT_NOFILE, &l) != 0)
-    nbdkit_error("rbd: cannot raise the open files limit from %llu to %llu: %s",
-                 static_cast<unsigned long long>(was), static_cast<unsigned long long>(l.rlim_max),
-                 std::strerror(errno));
-  else
-    nbdkit_debug("rbd: open files limit raised from %llu to %llu",
-                 static_cast<unsigned long long>(was), static_cast<unsigned long long>(l.rlim_max));
-}
-
 int rbd_config_complete() {
   return guard_void([] {
     if (!exports_dir.empty()) {
@@ -346,7 +326,19 @@ int rbd_config_complete() {
       }
       config.spec.reset();
       if (rbd_debug_verbose) log::set_level(log::Level::debug);
-      raise_open_files_limit();
+      // A node's shared gateway holds 3 descriptors per connection of every
+      // volume (a busy volume has up to 16): at a soft limit of 1024 about
+      // 20 busy volumes made accept() fail with EMFILE, which nbdkit 1.32
+      // retries at once (a busy loop logging a line each time) while new
+      // connections hang.
+      try {
+        const rlimit was = raise_open_files_limit();
+        nbdkit_debug("rbd: open files limit %llu, raised to %llu",
+                     static_cast<unsigned long long>(was.rlim_cur),
+                     static_cast<unsigned long long>(was.rlim_max));
+      } catch (const Error& e) {
+        nbdkit_error("rbd: %s", e.what());
+      }
       return;
     }
     config.validate();
